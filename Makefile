@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Rust VFIO live-migration overlay on Linux 7.3.
+#
+#   make demo     set up, build, boot the VM, bind the devices, show the result
+#   make check    set up, build, run the tests in the VM; TAP in build/check.tap
+#
+# Everything is built in build/ (ignored by git, reused between runs).
+
+BUILD		?= $(CURDIR)/build
+export BUILD
+OVERLAY		:= tools/overlay
+IVSHMEM_SIZE	?= 64M
+export IVSHMEM_SIZE
+
+.PHONY: all setup kernel initramfs check demo check-harness clippy rustfmt \
+	rustfmtcheck rustdoc clean distclean help
+
+all: initramfs
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+setup:
+	@$(OVERLAY)/setup.sh
+
+kernel: setup
+	@$(OVERLAY)/build.sh
+
+initramfs: kernel
+	@$(OVERLAY)/initramfs.sh
+
+check: initramfs
+	@TAP_OUT=$(BUILD)/check.tap $(OVERLAY)/vm.sh check
+
+demo: initramfs
+	@TAP_OUT=$(BUILD)/demo.tap $(OVERLAY)/vm.sh demo
+
+# The harness must fail on a failing guest test, a hung guest and a guest
+# panic, and it must cut a hung guest off in bounded time.
+check-harness: initramfs
+	@$(OVERLAY)/check-harness.sh
+
+clippy: setup
+	@$(OVERLAY)/build.sh CLIPPY=1
+
+rustfmtcheck: setup
+	@. $(OVERLAY)/env.sh && "$${KMAKE[@]}" rustfmtcheck
+
+rustfmt: setup
+	@. $(OVERLAY)/env.sh && "$${KMAKE[@]}" rustfmt
+
+rustdoc: kernel
+	@. $(OVERLAY)/env.sh && "$${KMAKE[@]}" rustdoc
+
+clean:
+	rm -rf $(BUILD)/obj $(BUILD)/kselftest $(BUILD)/initramfs* $(BUILD)/vm $(BUILD)/*.tap
+
+distclean:
+	rm -rf $(BUILD)

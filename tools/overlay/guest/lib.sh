@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Guest helpers (busybox sh): find and bind devices, run tests, emit TAP on fd 3.
+
+TAP_N=0
+
+# tap_result "ok"|"not ok" DESCRIPTION DIRECTIVE
+tap_result() {
+	TAP_N=$((TAP_N + 1))
+	if [ -n "$3" ]; then
+		echo "$1 $TAP_N $2 # $3" >&3
+	else
+		echo "$1 $TAP_N $2" >&3
+	fi
+}
+
+# The ivshmem-plain devices (0x1af4:0x1110 without the MSI-X BAR1 that
+# ivshmem-doorbell has), by BDF.
+ivshmem_plain_bdfs() {
+	for d in /sys/bus/pci/devices/*; do
+		[ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ] || continue
+		bar1=$(sed -n 2p "$d/resource")
+		case "$bar1" in
+		"0x0000000000000000 0x0000000000000000 "*) echo "${d##*/}" ;;
+		esac
+	done
+}
+
+ivshmem_doorbell_bdfs() {
+	for d in /sys/bus/pci/devices/*; do
+		[ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ] || continue
+		bar1=$(sed -n 2p "$d/resource")
+		case "$bar1" in
+		"0x0000000000000000 0x0000000000000000 "*) ;;
+		*) echo "${d##*/}" ;;
+		esac
+	done
+}
+
+driver_of() {
+	[ -L "/sys/bus/pci/devices/$1/driver" ] &&
+		basename "$(readlink "/sys/bus/pci/devices/$1/driver")"
+}
+
+# bind_to BDF DRIVER: rebind through driver_override, as VFIO users do.
+bind_to() {
+	cur=$(driver_of "$1")
+	[ "$cur" = "$2" ] && return 0
+	[ -n "$cur" ] && echo "$1" >"/sys/bus/pci/drivers/$cur/unbind"
+	echo "$2" >"/sys/bus/pci/devices/$1/driver_override"
+	echo "$1" >/sys/bus/pci/drivers_probe 2>/dev/null
+	[ "$(driver_of "$1")" = "$2" ]
+}
+
+unbind() {
+	cur=$(driver_of "$1")
+	[ -n "$cur" ] && echo "$1" >"/sys/bus/pci/drivers/$cur/unbind"
+	echo >"/sys/bus/pci/devices/$1/driver_override"
+}
+
+bar_size() {
+	sed -n "$(($2 + 1))p" "/sys/bus/pci/devices/$1/resource" |
+		(read -r start end _; [ "$end" = 0x0000000000000000 ] && echo 0 ||
+			echo $((end - start + 1)))
+}
+
+# run_kselftest BINARY BDF [ARGS...]: run a kselftest_harness program against
+# one device and turn each of its result lines into one of ours, named after
+# the program, the test and the driver the device is bound to.
+run_kselftest() {
+	prog=$1
+	bdf=$2
+	shift 2
+	drv=$(driver_of "$bdf")
+	tag="[${drv:-no driver} $bdf]"
+	out=/tmp/$prog.out
+	echo "### $prog $* $bdf ($drv)"
+	timeout "${TEST_TIMEOUT:-600}" "/opt/tests/$prog" "$@" "$bdf" >"$out" 2>&1
+	rc=$?
+	cat "$out"
+	# Top-level harness results only ("ok N name" / "not ok N name # SKIP ...").
+	sed -n 's/^\(not ok\|ok\) [0-9]\+ \(.*\)$/\1\t\2/p' "$out" >/tmp/results
+	nres=0
+	nfail=0
+	while IFS="$(printf '\t')" read -r status rest; do
+		nres=$((nres + 1))
+		name=${rest%% # *}
+		directive=
+		[ "$name" != "$rest" ] && directive=${rest#* # }
+		[ "$status" = "not ok" ] && nfail=$((nfail + 1))
+		tap_result "$status" "$prog: $name $tag" "$directive"
+	done </tmp/results
+	if [ $rc = 4 ] && [ $nres = 0 ]; then
+		tap_result ok "$prog $tag" "SKIP whole program skipped"
+	elif [ $rc != 0 ] && [ $nfail = 0 ]; then
+		tap_result "not ok" "$prog: exit status $rc $tag" ""
+	elif [ $nres = 0 ]; then
+		tap_result "not ok" "$prog: no results $tag" ""
+	fi
+}
+
+# check_kernel_log NAME: fail if the kernel logged a warning, oops or leak.
+check_kernel_log() {
+	bad=$(dmesg | grep -E 'WARNING:|BUG:|Oops|general protection|kmemleak:.*new suspected|Call Trace' | head -n 5)
+	if [ -n "$bad" ]; then
+		echo "$bad"
+		tap_result "not ok" "$1: kernel log clean" ""
+	else
+		tap_result ok "$1: kernel log clean" ""
+	fi
+}
