@@ -70,6 +70,10 @@ aptopts=(-o "Dir::Etc::SourceList=$aptdir/sources.list" -o Dir::Etc::SourceParts
 patch_sum=$(shopt -s nullglob; cat /dev/null "$top"/patches/*.patch | sha256sum | cut -c1-16)
 stamp=$BUILD/src/.stamp
 want_stamp="$BASE_PKG $patch_sum"
+# Never swap the tree under a running build.
+mkdir -p "$BUILD"
+exec 9>"$BUILD/.buildlock"
+flock 9
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then
 	deb=$(ls "$aptdir"/debs/"${BASE_PKG}"_*.deb 2>/dev/null | tail -n1 || true)
 	if [ -z "$deb" ]; then
