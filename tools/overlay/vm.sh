@@ -45,7 +45,7 @@ qemu=(qemu-system-x86_64 -machine q35 -accel "$accel" -cpu "$cpu" -smp 2 -m "$VM
 	-nodefaults -no-reboot -display none -monitor none
 	-device intel-iommu,intremap=on
 	-kernel "$kernel" -initrd "$initrd"
-	-append "console=ttyS0 panic=-1 oops=panic loglevel=6 overlay.plan=$plan ${VM_APPEND:-}"
+	-append "console=ttyS0 panic=-1 oops=panic loglevel=7 overlay.plan=$plan ${VM_APPEND:-}"
 	-chardev "file,id=con,path=$console" -serial chardev:con
 	-chardev "file,id=tap,path=$raw" -serial chardev:tap)
 for i in 0 1; do

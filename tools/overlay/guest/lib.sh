@@ -42,6 +42,16 @@ driver_of() {
 		basename "$(readlink "/sys/bus/pci/devices/$1/driver")"
 }
 
+# dev_driver NAME: the driver of a PCI function (BDF) or an mdev (UUID).
+dev_driver() {
+	for bus in pci mdev; do
+		if [ -L "/sys/bus/$bus/devices/$1/driver" ]; then
+			basename "$(readlink "/sys/bus/$bus/devices/$1/driver")"
+			return
+		fi
+	done
+}
+
 # bind_to BDF DRIVER: rebind through driver_override, as VFIO users do.
 bind_to() {
 	cur=$(driver_of "$1")
@@ -64,18 +74,20 @@ bar_size() {
 			echo $((end - start + 1)))
 }
 
-# run_kselftest BINARY BDF [ARGS...]: run a kselftest_harness program against
-# one device and turn each of its result lines into one of ours, named after
-# the program, the test and the driver the device is bound to.
+# run_kselftest BINARY DEVICES [ARGS...]: run a kselftest_harness program
+# against DEVICES (a BDF or mdev UUID, or several separated by spaces, passed
+# as separate arguments) and turn each of its result lines into one of ours,
+# named after the program, the test and the driver of the first device.
 run_kselftest() {
 	prog=$1
 	bdf=$2
 	shift 2
-	drv=$(driver_of "$bdf")
+	drv=$(dev_driver "${bdf%% *}")
 	tag="[${drv:-no driver} $bdf]"
 	out=/tmp/$prog.out
 	echo "### $prog $* $bdf ($drv)"
-	timeout "${TEST_TIMEOUT:-600}" "/opt/tests/$prog" "$@" "$bdf" >"$out" 2>&1
+	# shellcheck disable=SC2086 # $bdf: one argument per device
+	timeout "${TEST_TIMEOUT:-600}" "/opt/tests/$prog" "$@" $bdf >"$out" 2>&1
 	rc=$?
 	cat "$out"
 	# Top-level harness results only ("ok N name" / "not ok N name # SKIP ...").
@@ -108,4 +120,45 @@ check_kernel_log() {
 	else
 		tap_result ok "$1: kernel log clean" ""
 	fi
+}
+
+# Leak checking with kmemleak, where the kernel has it: forget what boot left,
+# then report what the tests leaked.
+start_leak_check() {
+	mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+	[ -w /sys/kernel/debug/kmemleak ] && echo clear >/sys/kernel/debug/kmemleak
+}
+
+check_leaks() {
+	if [ ! -w /sys/kernel/debug/kmemleak ]; then
+		tap_result ok "$1: no kmemleak report" "SKIP kernel without kmemleak"
+		return
+	fi
+	# Objects younger than 5 s are never reported.
+	sleep 6
+	echo scan >/sys/kernel/debug/kmemleak
+	echo scan >/sys/kernel/debug/kmemleak
+	n=$(grep -c 'unreferenced object' /sys/kernel/debug/kmemleak)
+	if [ "$n" = 0 ]; then
+		tap_result ok "$1: no kmemleak report" ""
+	else
+		head -n 40 /sys/kernel/debug/kmemleak
+		tap_result "not ok" "$1: no kmemleak report ($n suspected leaks)" ""
+	fi
+}
+
+# check_kunit SUITE: turn the results of a KUnit suite that ran at boot into
+# TAP lines; a suite that did not run is a failure.
+check_kunit() {
+	dmesg | sed -n "/# Subtest: $1\$/,/# $1: pass:/p" |
+		sed -n 's/^\[[^]]*\] *\(not ok\|ok\) [0-9]\+ \(.*\)$/\1\t\2/p' >/tmp/kunit
+	n=0
+	while IFS="$(printf '\t')" read -r status rest; do
+		n=$((n + 1))
+		name=${rest%% # *}
+		directive=
+		[ "$name" != "$rest" ] && directive=${rest#* # }
+		tap_result "$status" "kunit: $1.$name" "$directive"
+	done </tmp/kunit
+	[ $n -gt 0 ] || tap_result "not ok" "kunit: $1 did not run" ""
 }

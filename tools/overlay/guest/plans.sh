@@ -11,6 +11,8 @@ load_vfio() {
 
 # make check
 plan_check() {
+	start_leak_check
+	check_kunit rust_vfio_migration
 	echo 16 >/proc/sys/vm/nr_hugepages
 	set -- $(ivshmem_plain_bdfs)
 	if [ $# -lt 1 ]; then
@@ -24,7 +26,13 @@ plan_check() {
 		tap_result "not ok" "guest: vfio-pci loaded" ""
 		return
 	fi
-	for drv in vfio-pci; do
+	if modprobe ivshmem_vfio_pci; then
+		tap_result ok "guest: ivshmem-vfio-pci loaded" ""
+	else
+		tap_result "not ok" "guest: ivshmem-vfio-pci loaded" ""
+	fi
+	check_override_only "$a" ivshmem-vfio-pci
+	for drv in vfio-pci ivshmem-vfio-pci; do
 		if ! bind_to "$a" "$drv"; then
 			tap_result "not ok" "guest: bind $a to $drv" ""
 			continue
@@ -34,7 +42,49 @@ plan_check() {
 		done
 		unbind "$a"
 	done
+	bind_cycles "$a" ivshmem-vfio-pci ivshmem_vfio_pci 20
+	check_leaks "check"
 	check_kernel_log "check"
+}
+
+# check_override_only BDF DRIVER: a VFIO variant driver must not bind a
+# device by ID alone, only through driver_override.
+check_override_only() {
+	unbind "$1"
+	echo "$1" >/sys/bus/pci/drivers_probe 2>/dev/null
+	if [ "$(driver_of "$1")" = "$2" ]; then
+		tap_result "not ok" "$2: binds only through driver_override [$2 $1]" ""
+	else
+		tap_result ok "$2: binds only through driver_override [$2 $1]" ""
+	fi
+	unbind "$1"
+}
+
+# bind_cycles BDF DRIVER MODULE N: N rounds of load, bind, open and close
+# through the cdev/iommufd and the group/container paths, unbind, unload.
+bind_cycles() {
+	bdf=$1 drv=$2 mod=$3 n=$4
+	i=0
+	bad=
+	unbind "$bdf"
+	rmmod "$mod" 2>/dev/null
+	while [ $i -lt "$n" ]; do
+		i=$((i + 1))
+		modprobe "$mod" || { bad="cycle $i: modprobe"; break; }
+		bind_to "$bdf" "$drv" || { bad="cycle $i: bind"; break; }
+		/opt/tests/vfio_pci_device_test -t config_space_read_write "$bdf" >/tmp/cycle.out 2>&1 ||
+			{ bad="cycle $i: open/close through cdev/iommufd"; break; }
+		/opt/tests/vfio_dma_mapping_test -v vfio_type1v2_iommu_anonymous -t dma_map_unmap "$bdf" \
+			>/tmp/cycle.out 2>&1 || { bad="cycle $i: open/close through group/container"; break; }
+		unbind "$bdf"
+		rmmod "$mod" || { bad="cycle $i: rmmod"; break; }
+	done
+	if [ -n "$bad" ]; then
+		cat /tmp/cycle.out
+		tap_result "not ok" "$drv: $n cycles of load, bind, open, close, unbind, unload ($bad) [$drv $bdf]" ""
+	else
+		tap_result ok "$drv: $n cycles of load, bind, open, close, unbind, unload [$drv $bdf]" ""
+	fi
 }
 
 # say TEXT: show TEXT on the console and, as a TAP comment, to the host.
@@ -54,19 +104,20 @@ plan_demo() {
 	for bdf in $(ivshmem_doorbell_bdfs); do
 		say "ivshmem-doorbell $bdf: not a migration target"
 	done
-	load_vfio || { tap_result "not ok" "demo: load vfio-pci" ""; return; }
+	load_vfio && modprobe ivshmem_vfio_pci ||
+		{ tap_result "not ok" "demo: load ivshmem-vfio-pci" ""; return; }
 	say "== binding"
 	for bdf in $(ivshmem_plain_bdfs); do
-		if bind_to "$bdf" vfio-pci; then
+		if bind_to "$bdf" ivshmem-vfio-pci; then
 			grp=$(basename "$(readlink /sys/bus/pci/devices/$bdf/iommu_group)")
 			say "$bdf -> $(driver_of "$bdf"), /dev/vfio/$grp," \
 				"/dev/vfio/devices/$(ls /sys/bus/pci/devices/$bdf/vfio-dev)"
 			tap_result ok "demo: $bdf bound [$(driver_of "$bdf") $bdf]" ""
 		else
-			tap_result "not ok" "demo: $bdf bound [vfio-pci $bdf]" ""
+			tap_result "not ok" "demo: $bdf bound [ivshmem-vfio-pci $bdf]" ""
 		fi
 	done
-	ls -l /dev/vfio /dev/vfio/devices
+	dmesg | grep 'ivshmem-vfio-pci.*shared memory' | while read -r line; do say "dmesg: $line"; done
 }
 
 # Harness self-checks (make check-harness): each must make the run fail.
