@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VFIO PCI variant driver for QEMU's `ivshmem-plain` device.
+//!
+//! QEMU's inter-VM shared memory device (PCI ID `1af4:1110`) comes in two forms:
+//!
+//! - `ivshmem-plain`: BAR0 holds 256 bytes of registers, BAR2 maps the shared memory backend;
+//! - `ivshmem-doorbell`: the same, plus an MSI-X BAR1 and interrupts between peers.
+//!
+//! This driver binds to `ivshmem-plain` only, and only through `driver_override`, like every VFIO
+//! PCI variant driver:
+//!
+//! ```text
+//! echo ivshmem-vfio-pci > /sys/bus/pci/devices/0000:01:00.0/driver_override
+//! echo 0000:01:00.0 > /sys/bus/pci/drivers_probe
+//! ```
+//!
+//! It behaves like `vfio-pci` and adds live migration (VFIO migration v2 with STOP_COPY, P2P and
+//! PRE_COPY) of the device state: all of BAR2 (the shared memory) and the BAR0 registers that
+//! hold state (`INTRMASK`, `INTRSTATUS`). The stream format is documented in
+//! `Documentation/driver-api/vfio-rust-migration-stream.rst`; the framing, the data files and
+//! the state machine are `kernel::vfio`'s, this driver only produces and consumes its records:
+//!
+//! - `MEM` (0x100): a little-endian 64-bit offset into BAR2, then up to 1 MiB of its bytes;
+//! - `REGS` (0x101): `INTRMASK`, `INTRSTATUS` (little-endian 32-bit each).
+//!
+//! PRE_COPY streams BAR2 once. Until writes to BAR2 are tracked, STOP_COPY streams all of it
+//! again (the device ran meanwhile), then `REGS`. ivshmem-plain does no DMA and has no
+//! peer-to-peer activity, so the P2P and STOP arcs have nothing to quiesce: once the user stops
+//! writing (the VMM stops its vCPUs), the state is frozen.
+
+use kernel::{
+    device::Core,
+    io::ResourceSize,
+    pci,
+    prelude::*,
+    sizes::SizeConstants,
+    vfio::{
+        self,
+        migration::{
+            record_size,
+            Record,
+            SavePhase,
+            MAX_RECORD_DATA,
+            RECORD_DRIVER_BASE, //
+        },
+        pci::{
+            Device,
+            MigrationOps,
+            Open,
+            Pending,
+            RecordSink, //
+        },
+    }, //
+};
+
+/// PCI device ID of QEMU's inter-VM shared memory device (both forms).
+const IVSHMEM_DEVICE_ID: u32 = 0x1110;
+
+/// The BAR of the MSI-X table of `ivshmem-doorbell`; `ivshmem-plain` does not implement it.
+const MSIX_BAR: u32 = 1;
+
+/// The BAR that maps the shared memory.
+const SHMEM_BAR: u32 = 2;
+
+/// The BAR of the registers.
+const REGS_BAR: u32 = 0;
+
+/// BAR0 interrupt mask register (read/write).
+const INTRMASK: usize = 0;
+
+/// BAR0 interrupt status register (reading it clears it; writing sets it).
+const INTRSTATUS: usize = 4;
+
+/// The migration capabilities of the device.
+const MIGRATION: vfio::MigrationFlags = vfio::MigrationFlags::STOP_COPY
+    .union(vfio::MigrationFlags::P2P)
+    .union(vfio::MigrationFlags::PRE_COPY);
+
+/// Record type: a chunk of BAR2.
+const REC_MEM: u32 = RECORD_DRIVER_BASE;
+
+/// Record type: the BAR0 registers.
+const REC_REGS: u32 = RECORD_DRIVER_BASE + 1;
+
+/// Size of the offset that starts a `MEM` record.
+const MEM_PREFIX: usize = 8;
+
+/// Payload size of the `REGS` record.
+const REGS_LEN: usize = 8;
+
+/// The driver.
+struct IvshmemVfioPci;
+
+/// Per-device data, stored in the VFIO device.
+struct IvshmemDevice {
+    /// Size of the shared memory (BAR2) in bytes.
+    shmem_size: ResourceSize,
+}
+
+/// Splits a non-zero size in bytes into a value and the largest binary unit that divides it.
+fn size_with_unit(bytes: ResourceSize) -> (ResourceSize, &'static str) {
+    if bytes % ResourceSize::SZ_1G == 0 {
+        (bytes / ResourceSize::SZ_1G, "GiB")
+    } else if bytes % ResourceSize::SZ_1M == 0 {
+        (bytes / ResourceSize::SZ_1M, "MiB")
+    } else if bytes % ResourceSize::SZ_1K == 0 {
+        (bytes / ResourceSize::SZ_1K, "KiB")
+    } else {
+        (bytes, "bytes")
+    }
+}
+
+kernel::pci_device_table!(
+    PCI_TABLE,
+    <IvshmemVfioPci as vfio::pci::Driver>::IdInfo,
+    [(
+        pci::DeviceId::from_id_vfio_override(pci::Vendor::REDHAT_QUMRANET, IVSHMEM_DEVICE_ID),
+        ()
+    )]
+);
+
+/// A saving session: how far BAR2 has been streamed.
+struct Save {
+    /// Next offset of the PRE_COPY pass.
+    pre: u64,
+    /// Next offset of the STOP_COPY pass.
+    stop: u64,
+    /// Whether `REGS` was sent.
+    regs: bool,
+}
+
+/// A resuming session: the registers, applied when the stream is complete.
+struct Resume {
+    regs: Option<[u8; REGS_LEN]>,
+}
+
+/// Returns the stream size of the `MEM` records that carry `bytes` of BAR2.
+fn mem_records_size(bytes: u64) -> u64 {
+    let chunk = MAX_RECORD_DATA as u64;
+    let records = bytes.div_ceil(chunk);
+    bytes + records * record_size(MEM_PREFIX) as u64
+}
+
+/// Appends the `MEM` record of the chunk of BAR2 at `*next`, and advances `*next`.
+fn push_mem(
+    dev: &Device<IvshmemVfioPci, Open>,
+    next: &mut u64,
+    out: &mut RecordSink<'_>,
+) -> Result {
+    let bar = dev.bar(SHMEM_BAR)?;
+    let off = usize::try_from(*next)?;
+    let len = (bar.len() - off).min(MAX_RECORD_DATA);
+    out.push(REC_MEM, false, MEM_PREFIX + len, |p| {
+        p[..MEM_PREFIX].copy_from_slice(&next.to_le_bytes());
+        bar.read(off, &mut p[MEM_PREFIX..])
+    })?;
+    *next += len as u64;
+    Ok(())
+}
+
+impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
+    const FLAGS: vfio::MigrationFlags = MIGRATION;
+    type Save = Save;
+    type Resume = Resume;
+
+    fn identity(dev: &Device<Self, Open>, id: &mut KVec<u8>) -> Result {
+        let pdev = dev.pci_dev();
+        let vendor = pdev.vendor_id().as_raw();
+        for v in [
+            vendor,
+            pdev.device_id(),
+            pdev.subsystem_vendor_id(),
+            pdev.subsystem_device_id(),
+        ] {
+            id.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL)?;
+        }
+        id.extend_from_slice(&dev.data().shmem_size.to_le_bytes(), GFP_KERNEL)?;
+        Ok(())
+    }
+
+    fn save_begin(_dev: &Device<Self, Open>, _precopy: bool) -> Result<Save> {
+        Ok(Save {
+            pre: 0,
+            stop: 0,
+            regs: false,
+        })
+    }
+
+    fn save_next(
+        dev: &Device<Self, Open>,
+        save: &mut Save,
+        phase: SavePhase,
+        out: &mut RecordSink<'_>,
+    ) -> Result<bool> {
+        let size = dev.data().shmem_size;
+        match phase {
+            SavePhase::PreCopy if save.pre < size => push_mem(dev, &mut save.pre, out)?,
+            SavePhase::PreCopy => return Ok(false),
+            SavePhase::StopCopy if save.stop < size => push_mem(dev, &mut save.stop, out)?,
+            SavePhase::StopCopy if !save.regs => {
+                let regs = dev.bar(REGS_BAR)?;
+                let mask = regs.read32(INTRMASK)?;
+                // Reading INTRSTATUS clears it: put it back, the device keeps running as it was.
+                let status = regs.read32(INTRSTATUS)?;
+                regs.write32(INTRSTATUS, status)?;
+                out.push(REC_REGS, false, REGS_LEN, |p| {
+                    p[..4].copy_from_slice(&mask.to_le_bytes());
+                    p[4..].copy_from_slice(&status.to_le_bytes());
+                    Ok(())
+                })?;
+                save.regs = true;
+            }
+            SavePhase::StopCopy => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn save_pending(dev: &Device<Self, Open>, save: &Save) -> Pending {
+        let size = dev.data().shmem_size;
+        Pending {
+            initial: mem_records_size(size.saturating_sub(save.pre)),
+            // Writes to BAR2 are not tracked yet: STOP_COPY resends all of it, but PRE_COPY
+            // has nothing more to offer once the initial image is read.
+            dirty: 0,
+        }
+    }
+
+    fn stop_copy_size(dev: &Device<Self, Open>) -> Result<u64> {
+        Ok(mem_records_size(dev.data().shmem_size) + record_size(REGS_LEN) as u64)
+    }
+
+    fn resume_begin(_dev: &Device<Self, Open>) -> Result<Resume> {
+        Ok(Resume { regs: None })
+    }
+
+    fn resume_record(
+        dev: &Device<Self, Open>,
+        resume: &mut Resume,
+        record: &Record<'_>,
+    ) -> Result<bool> {
+        let p = record.payload;
+        match record.ty {
+            REC_MEM => {
+                if p.len() < MEM_PREFIX {
+                    return Err(EINVAL);
+                }
+                let mut off = [0u8; MEM_PREFIX];
+                off.copy_from_slice(&p[..MEM_PREFIX]);
+                let off = usize::try_from(u64::from_le_bytes(off)).map_err(|_| EINVAL)?;
+                // `BarIo::write` rejects anything outside BAR2, overflow included.
+                dev.bar(SHMEM_BAR)?.write(off, &p[MEM_PREFIX..])?;
+                Ok(true)
+            }
+            REC_REGS => {
+                let regs: [u8; REGS_LEN] = p.try_into().map_err(|_| EINVAL)?;
+                resume.regs = Some(regs);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn resume_finish(dev: &Device<Self, Open>, resume: Resume) -> Result {
+        let regs = resume.regs.ok_or(EINVAL)?;
+        let bar = dev.bar(REGS_BAR)?;
+        let mut v = [0u8; 4];
+        v.copy_from_slice(&regs[..4]);
+        bar.write32(INTRMASK, u32::from_le_bytes(v))?;
+        v.copy_from_slice(&regs[4..]);
+        bar.write32(INTRSTATUS, u32::from_le_bytes(v))?;
+        Ok(())
+    }
+}
+
+#[vtable]
+impl vfio::pci::Driver for IvshmemVfioPci {
+    type IdInfo = ();
+    type Data = IvshmemDevice;
+    type Migration = Self;
+
+    const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
+
+    fn probe<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        _id_info: Option<&'bound Self::IdInfo>,
+    ) -> impl PinInit<Self::Data, Error> + 'bound {
+        if pdev.resource_len(MSIX_BAR)? != 0 {
+            dev_info!(
+                pdev,
+                "ivshmem-doorbell (MSI-X BAR{}) is not supported, only ivshmem-plain\n",
+                MSIX_BAR
+            );
+            return Err(ENODEV);
+        }
+
+        let shmem_size = pdev.resource_len(SHMEM_BAR)?;
+        if shmem_size == 0 {
+            dev_err!(pdev, "no shared memory in BAR{}\n", SHMEM_BAR);
+            return Err(ENODEV);
+        }
+
+        let (size, unit) = size_with_unit(shmem_size);
+        dev_info!(
+            pdev,
+            "{} {} shared memory, migration: {}\n",
+            size,
+            unit,
+            MIGRATION
+        );
+
+        Ok(IvshmemDevice { shmem_size })
+    }
+
+    fn open_device(dev: &vfio::pci::Device<Self, vfio::pci::Open>) -> Result {
+        dev_dbg!(
+            dev,
+            "opened, {} bytes of shared memory\n",
+            dev.data().shmem_size
+        );
+        Ok(())
+    }
+}
+
+kernel::module_vfio_pci_driver! {
+    type: IvshmemVfioPci,
+    name: "ivshmem-vfio-pci",
+    authors: ["VFIO migration overlay"],
+    description: "VFIO PCI variant driver for QEMU ivshmem-plain",
+    license: "GPL",
+}
