@@ -1,0 +1,854 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Live migration (VFIO migration v2) of VFIO PCI variant devices.
+//!
+//! C header: [`include/linux/vfio.h`](srctree/include/linux/vfio.h)
+//!
+//! A driver implements [`MigrationOps`] (how to produce and how to consume its state, as
+//! records) and names the implementation in [`Driver::Migration`]. Everything else is done here,
+//! once for every driver: `struct vfio_migration_ops`, the state machine, the saving and resuming
+//! data files with the stream format of [`super::super::migration`], the precopy information
+//! ioctl, the stop-copy size, and the interaction with reset and close.
+//!
+//! # States
+//!
+//! The VFIO core splits a requested transition into single arcs with
+//! `vfio_mig_get_next_state()`; each arc is classified with [`Arc::classify`] and run under the
+//! device's migration lock. The arc into the saving group returns the saving file, the arc
+//! `STOP -> RESUMING` the resuming file: since the VFIO core never routes a path through a
+//! saving-group state, such an arc is always the last one of a request, which is checked. The
+//! current state is never ERROR when the core's helper is called: a device in ERROR refuses every
+//! transition until it is reset.
+//!
+//! # Data files
+//!
+//! The files are anonymous-inode stream files (`lseek()`, `pread()` and `pwrite()` fail with
+//! `ESPIPE`); the saving file is read-only, the resuming file write-only. A file is *active*
+//! while the device's migration state refers to it; leaving the saving group (or RESUMING), a
+//! reset and the last close of the device disable it, after which it answers `ENODEV`. A file
+//! holds a reference to the device, so it may outlive the device's last close and the driver's
+//! unbind; the driver is only called for an active file, i.e. while the device is open.
+//!
+//! # Locking
+//!
+//! - The *migration lock* (a mutex in the device) protects the state and the sessions; it is held
+//!   while the driver produces or consumes a record, never across a user copy (the user buffer
+//!   may be an `mmap()` of this very device, whose fault handler takes `memory_lock`).
+//! - Each file has an I/O lock that serialises its readers (or writers) and is held across the
+//!   user copy; it is taken before the migration lock, and never by reset or close.
+//! - `reset_done` runs with `memory_lock` held for writing, so it must not wait for the migration
+//!   lock (whose holder may wait for `memory_lock`): it records a deferred reset and only
+//!   try-locks; whoever holds the migration lock performs the reset when releasing it
+//!   ([`MigGuard`]), the pattern of the C drivers' `*_state_mutex_unlock()`.
+//! - The driver's record callbacks run with `memory_lock` held for reading and the device's
+//!   memory decoding enabled (else they fail with `EIO`, like region accesses do).
+
+use super::{
+    Device,
+    Driver,
+    Open, //
+};
+use crate::{
+    alloc::{
+        flags::GFP_KERNEL,
+        KVVec,
+        KVec, //
+    },
+    bindings,
+    error::to_result,
+    fs::{
+        anon_inode::{
+            self,
+            poll_mask,
+            AnonFile, //
+        },
+        File,
+    },
+    ioctl::_IO,
+    new_mutex, new_poll_condvar, new_spinlock,
+    prelude::*,
+    sync::{
+        aref::ARef,
+        poll::{
+            PollCondVar,
+            PollTable, //
+        },
+        Arc,
+        ArcBorrow,
+        Mutex,
+        MutexGuard,
+        SpinLock, //
+    },
+    uaccess::{
+        UserPtr,
+        UserSlice,
+        UserSliceReader,
+        UserSliceWriter, //
+    },
+    vfio::{
+        migration::{
+            self,
+            Arc as MigArc,
+            MigState,
+            Record,
+            SavePhase,
+            StreamReader,
+            StreamWriter, //
+        },
+        MigrationFlags,
+    },
+};
+use core::{
+    mem::ManuallyDrop,
+    ops::{
+        Deref,
+        DerefMut, //
+    },
+    ptr,
+};
+
+/// `VFIO_MIG_GET_PRECOPY_INFO`.
+const VFIO_MIG_GET_PRECOPY_INFO: u32 = _IO(bindings::VFIO_TYPE as u32, bindings::VFIO_BASE + 21);
+
+/// Size of `struct vfio_precopy_info`, which is also its minimum `argsz`.
+const PRECOPY_INFO_SIZE: usize = core::mem::size_of::<bindings::vfio_precopy_info>();
+
+/// Bytes of records a saving session still has to produce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Bytes of the initial image not produced yet.
+    pub initial: u64,
+    /// Bytes of state that changed after it was produced, not produced again yet.
+    pub dirty: u64,
+}
+
+/// Appends the records a driver produces to the stream of a saving session.
+pub struct RecordSink<'a> {
+    writer: &'a mut StreamWriter,
+    buf: &'a mut KVVec<u8>,
+}
+
+impl RecordSink<'_> {
+    /// Appends a record of driver type `ty` (at least [`migration::RECORD_DRIVER_BASE`]) with
+    /// `len` payload bytes, which `fill` writes.
+    ///
+    /// `len` is at most [`migration::MAX_RECORD_PAYLOAD`]; set `optional` for records a reader
+    /// that does not know them may skip.
+    pub fn push(
+        &mut self,
+        ty: u32,
+        optional: bool,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result,
+    ) -> Result {
+        if ty < migration::RECORD_DRIVER_BASE {
+            return Err(EINVAL);
+        }
+        let flags = if optional {
+            migration::RECORD_OPTIONAL
+        } else {
+            0
+        };
+        self.writer.append(self.buf, ty, flags, len, fill)
+    }
+}
+
+/// The migration operations of a VFIO PCI variant driver.
+///
+/// The driver describes its state as records of its own types (see
+/// [`Documentation/driver-api/vfio-rust-migration-stream.rst`]); the framing, the files and the
+/// state machine are done by the abstraction. Drivers without migration use [`NoMigration`].
+///
+/// All methods are called with the device's migration lock held, on an open device; the record
+/// methods additionally with the device's memory decoding enabled and `memory_lock` held for
+/// reading.
+///
+/// [`Documentation/driver-api/vfio-rust-migration-stream.rst`]:
+///     srctree/Documentation/driver-api/vfio-rust-migration-stream.rst
+pub trait MigrationOps<T: Driver>: 'static {
+    /// The migration capabilities (empty: no migration). A device that migrates supports at
+    /// least [`MigrationFlags::STOP_COPY`].
+    const FLAGS: MigrationFlags;
+
+    /// The state of one saving session.
+    type Save: Send + Unpin;
+
+    /// The state of one resuming session.
+    type Resume: Send + Unpin;
+
+    /// Writes the device identity, which the stream header carries and a resuming device must
+    /// match byte for byte (device type and configuration, e.g. memory size).
+    fn identity(dev: &Device<T, Open>, id: &mut KVec<u8>) -> Result;
+
+    /// The device stops (`true`) or resumes (`false`) peer-to-peer activity. Optional.
+    fn set_p2p(_dev: &Device<T, Open>, _quiesced: bool) -> Result {
+        Ok(())
+    }
+
+    /// The device stops (`true`) or starts (`false`) changing its state. Optional.
+    fn set_stopped(_dev: &Device<T, Open>, _stopped: bool) -> Result {
+        Ok(())
+    }
+
+    /// Starts a saving session, in PRE_COPY (`precopy`) or directly in STOP_COPY.
+    fn save_begin(dev: &Device<T, Open>, precopy: bool) -> Result<Self::Save>;
+
+    /// Produces the next record(s) of a saving session into `out`.
+    ///
+    /// Returns `false` when nothing is ready: in [`SavePhase::PreCopy`] for now, in
+    /// [`SavePhase::StopCopy`] for good (the abstraction then ends the stream).
+    fn save_next(
+        dev: &Device<T, Open>,
+        save: &mut Self::Save,
+        phase: SavePhase,
+        out: &mut RecordSink<'_>,
+    ) -> Result<bool>;
+
+    /// Returns the bytes of records the session has not produced yet.
+    ///
+    /// In [`SavePhase::PreCopy`], `initial + dirty` is what an immediate STOP_COPY would produce
+    /// besides the final records that only STOP_COPY produces.
+    fn save_pending(dev: &Device<T, Open>, save: &Self::Save) -> Pending;
+
+    /// Returns the bytes of driver records a saving session started in STOP_COPY would produce
+    /// (`VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`, without the stream's HEADER and END).
+    fn stop_copy_size(dev: &Device<T, Open>) -> Result<u64>;
+
+    /// Starts a resuming session.
+    fn resume_begin(dev: &Device<T, Open>) -> Result<Self::Resume>;
+
+    /// Consumes a driver record of a resuming session; returns `false` for an unknown type.
+    ///
+    /// Must validate the payload and fail (typically with `EINVAL`) on anything out of range.
+    fn resume_record(
+        dev: &Device<T, Open>,
+        resume: &mut Self::Resume,
+        record: &Record<'_>,
+    ) -> Result<bool>;
+
+    /// Completes a resuming session whose stream was complete (RESUMING -> STOP).
+    fn resume_finish(dev: &Device<T, Open>, resume: Self::Resume) -> Result;
+}
+
+/// The [`MigrationOps`] of drivers without migration support.
+pub struct NoMigration;
+
+impl<T: Driver> MigrationOps<T> for NoMigration {
+    const FLAGS: MigrationFlags = MigrationFlags::empty();
+    type Save = ();
+    type Resume = ();
+
+    fn identity(_dev: &Device<T, Open>, _id: &mut KVec<u8>) -> Result {
+        Err(ENOTTY)
+    }
+
+    fn save_begin(_dev: &Device<T, Open>, _precopy: bool) -> Result {
+        Err(ENOTTY)
+    }
+
+    fn save_next(
+        _dev: &Device<T, Open>,
+        _save: &mut (),
+        _phase: SavePhase,
+        _out: &mut RecordSink<'_>,
+    ) -> Result<bool> {
+        Err(ENOTTY)
+    }
+
+    fn save_pending(_dev: &Device<T, Open>, _save: &()) -> Pending {
+        Pending::default()
+    }
+
+    fn stop_copy_size(_dev: &Device<T, Open>) -> Result<u64> {
+        Err(ENOTTY)
+    }
+
+    fn resume_begin(_dev: &Device<T, Open>) -> Result {
+        Err(ENOTTY)
+    }
+
+    fn resume_record(
+        _dev: &Device<T, Open>,
+        _resume: &mut (),
+        _record: &Record<'_>,
+    ) -> Result<bool> {
+        Err(ENOTTY)
+    }
+
+    fn resume_finish(_dev: &Device<T, Open>, _resume: ()) -> Result {
+        Err(ENOTTY)
+    }
+}
+
+/// The driver's migration operations.
+type Ops<T> = <T as Driver>::Migration;
+
+/// A saving session.
+struct SaveSession<T: Driver> {
+    file: Arc<SaveFile<T>>,
+    writer: StreamWriter,
+    state: <Ops<T> as MigrationOps<T>>::Save,
+    phase: SavePhase,
+    /// The identity, until the HEADER record is produced.
+    header: Option<KVec<u8>>,
+}
+
+/// A resuming session.
+struct ResumeSession<T: Driver> {
+    file: Arc<ResumeFile<T>>,
+    state: Option<<Ops<T> as MigrationOps<T>>::Resume>,
+    /// Whether the stream received so far is complete (HEADER to END, nothing pending).
+    complete: bool,
+}
+
+/// The migration state of a device, protected by the migration lock.
+pub(super) struct MigInner<T: Driver> {
+    state: MigState,
+    save: Option<SaveSession<T>>,
+    resume: Option<ResumeSession<T>>,
+}
+
+/// The migration part of a [`Device`].
+#[pin_data]
+pub(super) struct MigCtl<T: Driver> {
+    #[pin]
+    inner: Mutex<MigInner<T>>,
+    /// A reset happened while the migration lock was held by someone else.
+    #[pin]
+    deferred_reset: SpinLock<bool>,
+}
+
+impl<T: Driver> MigCtl<T> {
+    /// Returns the initialiser of the migration part of a new device.
+    pub(super) fn new() -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            inner <- new_mutex!(MigInner {
+                state: MigState::Running,
+                save: None,
+                resume: None,
+            }),
+            deferred_reset <- new_spinlock!(false),
+        })
+    }
+}
+
+/// The migration lock of a device, held.
+///
+/// Releasing it performs a reset that was deferred while it was held.
+struct MigGuard<'a, T: Driver> {
+    dev: &'a Device<T>,
+    guard: ManuallyDrop<MutexGuard<'a, MigInner<T>>>,
+}
+
+impl<'a, T: Driver> MigGuard<'a, T> {
+    fn new(dev: &'a Device<T>, guard: MutexGuard<'a, MigInner<T>>) -> Self {
+        Self {
+            dev,
+            guard: ManuallyDrop::new(guard),
+        }
+    }
+}
+
+impl<T: Driver> Deref for MigGuard<'_, T> {
+    type Target = MigInner<T>;
+
+    fn deref(&self) -> &MigInner<T> {
+        &self.guard
+    }
+}
+
+impl<T: Driver> DerefMut for MigGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut MigInner<T> {
+        &mut self.guard
+    }
+}
+
+impl<T: Driver> Drop for MigGuard<'_, T> {
+    fn drop(&mut self) {
+        loop {
+            let mut pending = self.dev.mig.deferred_reset.lock();
+            if *pending {
+                *pending = false;
+                drop(pending);
+                reset_locked(&mut self.guard);
+                continue;
+            }
+            // The migration lock is released while the spinlock is held, so that a concurrent
+            // `reset_done` either sees it held (and defers to us, which we just checked) or
+            // takes it itself.
+            //
+            // SAFETY: `guard` is not used after this.
+            unsafe { ManuallyDrop::drop(&mut self.guard) };
+            drop(pending);
+            break;
+        }
+    }
+}
+
+/// Returns the device to RUNNING with every data file disabled.
+fn reset_locked<T: Driver>(inner: &mut MigInner<T>) {
+    inner.state = MigState::Running;
+    disable_files(inner);
+}
+
+/// Disables the data files: they answer `ENODEV` from now on.
+fn disable_files<T: Driver>(inner: &mut MigInner<T>) {
+    if let Some(s) = inner.save.take() {
+        s.file.wait.notify_all();
+    }
+    inner.resume = None;
+}
+
+impl<T: Driver> Device<T> {
+    /// Takes the migration lock.
+    fn mig_lock(&self) -> MigGuard<'_, T> {
+        MigGuard::new(self, self.mig.inner.lock())
+    }
+
+    /// Borrows the device in the [`Open`] context.
+    ///
+    /// # Safety
+    ///
+    /// The device must be open for the lifetime of the returned reference, e.g. because a data
+    /// file of it is active and the migration lock is held.
+    unsafe fn assume_open(&self) -> &Device<T, Open> {
+        // CAST: The layout of `Device<T, C>` does not depend on `C`.
+        let ptr = ptr::from_ref(self).cast::<Device<T, Open>>();
+
+        // SAFETY: By the safety requirements, the guarantees of `Open` hold.
+        unsafe { &*ptr }
+    }
+
+    /// Handles a reset of the device (`reset_done`).
+    pub(super) fn mig_reset_done(&self) {
+        *self.mig.deferred_reset.lock() = true;
+        if let Some(guard) = self.mig.inner.try_lock() {
+            // Releasing the lock performs the deferred reset.
+            drop(MigGuard::new(self, guard));
+        }
+    }
+}
+
+impl<T: Driver> Device<T, Open> {
+    /// Runs `f` with `memory_lock` held for reading, if the device's memory decoding is enabled;
+    /// fails with `EIO` otherwise.
+    fn with_memory<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let core = self.as_core_raw();
+
+        // SAFETY: `core` is a live, enabled core device; `memory_lock` is initialised by
+        // `vfio_pci_core_init_dev()`.
+        unsafe { bindings::down_read(&raw mut (*core).memory_lock) };
+
+        // SAFETY: `memory_lock` is held, as `__vfio_pci_memory_enabled()` requires.
+        let ret = if unsafe { bindings::__vfio_pci_memory_enabled(core) } {
+            f()
+        } else {
+            Err(EIO)
+        };
+
+        // SAFETY: Taken above.
+        unsafe { bindings::up_read(&raw mut (*core).memory_lock) };
+        ret
+    }
+
+    /// Called before `vfio_pci_core_close_device()`: disables the data files.
+    pub(super) fn mig_close(&self) {
+        let mut g = self.mig_lock();
+        reset_locked(&mut g);
+    }
+
+    /// Runs the single arc `from -> to`; returns the new data file of an arc that opens one.
+    fn run_arc(
+        &self,
+        g: &mut MigInner<T>,
+        from: MigState,
+        to: MigState,
+    ) -> Result<Option<ARef<File>>> {
+        match MigArc::classify(from, to)? {
+            MigArc::P2p(q) => Ops::<T>::set_p2p(self, q).map(|()| None),
+            MigArc::Stop(s) => Ops::<T>::set_stopped(self, s).map(|()| None),
+            MigArc::SaveOpen { precopy } => {
+                if !precopy {
+                    // STOP -> STOP_COPY: already stopped.
+                }
+                let mut id = KVec::new();
+                Ops::<T>::identity(self, &mut id)?;
+                let state = Ops::<T>::save_begin(self, precopy)?;
+                let mut session = 0;
+                while session == 0 {
+                    // SAFETY: FFI call without preconditions.
+                    session = unsafe { bindings::get_random_u64() };
+                }
+                let file = Arc::pin_init(SaveFile::new(ARef::from(&**self)), GFP_KERNEL)?;
+                let f = anon_inode::new_stream_file::<SaveFile<T>>(
+                    anon_inode::Options {
+                        name: c"vfio-rust-mig-save",
+                        flags: bindings::O_RDONLY,
+                    },
+                    file.clone(),
+                )?;
+                g.save = Some(SaveSession {
+                    file,
+                    writer: StreamWriter::new(session)?,
+                    state,
+                    phase: if precopy {
+                        SavePhase::PreCopy
+                    } else {
+                        SavePhase::StopCopy
+                    },
+                    header: Some(id),
+                });
+                Ok(Some(f))
+            }
+            MigArc::SaveStopCopy => {
+                Ops::<T>::set_stopped(self, true)?;
+                if let Some(s) = g.save.as_mut() {
+                    s.phase = SavePhase::StopCopy;
+                    s.file.wait.notify_all();
+                }
+                Ok(None)
+            }
+            MigArc::SaveClose => {
+                if let Some(s) = g.save.take() {
+                    s.file.wait.notify_all();
+                }
+                Ok(None)
+            }
+            MigArc::ResumeOpen => {
+                let mut id = KVec::new();
+                Ops::<T>::identity(self, &mut id)?;
+                let state = Ops::<T>::resume_begin(self)?;
+                let reader = StreamReader::new(&id)?;
+                let file = Arc::pin_init(ResumeFile::new(ARef::from(&**self), reader), GFP_KERNEL)?;
+                let f = anon_inode::new_stream_file::<ResumeFile<T>>(
+                    anon_inode::Options {
+                        name: c"vfio-rust-mig-resume",
+                        flags: bindings::O_WRONLY,
+                    },
+                    file.clone(),
+                )?;
+                g.resume = Some(ResumeSession {
+                    file,
+                    state: Some(state),
+                    complete: false,
+                });
+                Ok(Some(f))
+            }
+            MigArc::ResumeFinish => {
+                let s = g.resume.as_mut().ok_or(EINVAL)?;
+                if !s.complete {
+                    // Truncated or corrupt: RESUMING -> STOP fails, the device stays in RESUMING
+                    // with the file as it is.
+                    return Err(EINVAL);
+                }
+                let state = s.state.take().ok_or(EINVAL)?;
+                g.resume = None;
+                self.with_memory(|| Ops::<T>::resume_finish(self, state))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// `migration_set_state`.
+    pub(super) fn mig_set_state(&self, new: MigState) -> Result<Option<ARef<File>>> {
+        let mut g = self.mig_lock();
+        let mut file = None;
+        while g.state != new {
+            let cur = g.state;
+            if cur == MigState::Error {
+                return Err(EINVAL);
+            }
+            let mut next = 0;
+            // SAFETY: `self` is a registered, open device and `cur` is not ERROR; the core only
+            // reads the device's migration flags.
+            to_result(unsafe {
+                bindings::vfio_mig_get_next_state(
+                    self.as_vdev_raw(),
+                    cur.as_raw(),
+                    new.as_raw(),
+                    &mut next,
+                )
+            })?;
+            let next = MigState::from_raw(next)?;
+            if file.is_some() {
+                // A file is only returned by the last arc of a path.
+                return Err(EINVAL);
+            }
+            match self.run_arc(&mut g, cur, next) {
+                Ok(f) => {
+                    g.state = next;
+                    file = f;
+                }
+                Err(e) => {
+                    // Arcs that only start or finish a session leave the device as it was; a
+                    // device that failed to start or stop is in an unknown state.
+                    if matches!(
+                        MigArc::classify(cur, next),
+                        Ok(MigArc::P2p(_) | MigArc::Stop(_) | MigArc::SaveStopCopy)
+                    ) {
+                        g.state = MigState::Error;
+                        disable_files(&mut g);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(file)
+    }
+
+    /// `migration_get_state`.
+    pub(super) fn mig_get_state(&self) -> MigState {
+        self.mig_lock().state
+    }
+
+    /// `migration_get_data_size`: the bytes a saving session started now in STOP_COPY would
+    /// stream.
+    pub(super) fn mig_data_size(&self) -> Result<u64> {
+        let _g = self.mig_lock();
+        let mut id = KVec::new();
+        Ops::<T>::identity(self, &mut id)?;
+        let driver = Ops::<T>::stop_copy_size(self)?;
+        Ok(migration::header_record_size(id.len()) as u64
+            + driver
+            + migration::END_RECORD_SIZE as u64)
+    }
+}
+
+/// Buffered output of a saving file.
+struct SaveIo {
+    buf: KVVec<u8>,
+    pos: usize,
+    /// How many of the unread bytes belong to the initial image.
+    initial: usize,
+}
+
+/// The saving data file.
+#[pin_data]
+struct SaveFile<T: Driver> {
+    dev: ARef<Device<T>>,
+    #[pin]
+    io: Mutex<SaveIo>,
+    #[pin]
+    wait: PollCondVar,
+}
+
+impl<T: Driver> SaveFile<T> {
+    fn new(dev: ARef<Device<T>>) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            dev,
+            io <- new_mutex!(SaveIo {
+                buf: KVVec::new(),
+                pos: 0,
+                initial: 0,
+            }),
+            wait <- new_poll_condvar!(),
+        })
+    }
+
+    /// Returns the session if this file is the active saving file.
+    fn session<'a>(&self, g: &'a mut MigInner<T>) -> Option<&'a mut SaveSession<T>> {
+        g.save.as_mut().filter(|s| ptr::eq(&*s.file, self))
+    }
+
+    /// Refills the empty buffer with the next records. Returns `false` at the end of the stream.
+    fn refill(&self, io: &mut SaveIo) -> Result<bool> {
+        io.buf.clear();
+        io.pos = 0;
+        io.initial = 0;
+        let mut g = self.dev.mig_lock();
+        let s = self.session(&mut g).ok_or(ENODEV)?;
+        // SAFETY: The file is active and the migration lock is held, so the device is open.
+        let dev = unsafe { self.dev.assume_open() };
+        if let Some(id) = s.header.take() {
+            if let Err(e) = s.writer.append_header(&mut io.buf, &id) {
+                s.header = Some(id);
+                return Err(e);
+            }
+            io.initial = io.buf.len();
+            return Ok(true);
+        }
+        if s.writer.ended() {
+            return Ok(false);
+        }
+        let before = Ops::<T>::save_pending(dev, &s.state);
+        let mut sink = RecordSink {
+            writer: &mut s.writer,
+            buf: &mut io.buf,
+        };
+        let produced =
+            dev.with_memory(|| Ops::<T>::save_next(dev, &mut s.state, s.phase, &mut sink))?;
+        if produced {
+            if before.initial > 0 {
+                io.initial = io.buf.len();
+            }
+            return Ok(true);
+        }
+        match s.phase {
+            SavePhase::PreCopy => Err(ENOMSG),
+            SavePhase::StopCopy => {
+                s.writer.append_end(&mut io.buf)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// `VFIO_MIG_GET_PRECOPY_INFO`.
+    fn precopy_info(&self, arg: usize) -> Result<isize> {
+        let (mut reader, mut writer) =
+            UserSlice::new(UserPtr::from_addr(arg), PRECOPY_INFO_SIZE).reader_writer();
+        let mut raw = [0u8; PRECOPY_INFO_SIZE];
+        reader.read_slice(&mut raw)?;
+        let argsz = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        if (argsz as usize) < PRECOPY_INFO_SIZE {
+            return Err(EINVAL);
+        }
+
+        let io = self.io.lock();
+        let mut g = self.dev.mig_lock();
+        let s = self.session(&mut g).ok_or(ENODEV)?;
+        if s.phase != SavePhase::PreCopy {
+            return Err(EINVAL);
+        }
+        // SAFETY: The file is active and the migration lock is held, so the device is open.
+        let dev = unsafe { self.dev.assume_open() };
+        let p = Ops::<T>::save_pending(dev, &s.state);
+        let unread = io.buf.len() - io.pos;
+        let header = s
+            .header
+            .as_ref()
+            .map_or(0, |id| migration::header_record_size(id.len()));
+        let initial = p.initial + (io.initial + header) as u64;
+        let dirty = p.dirty + (unread - io.initial) as u64;
+        // SAFETY: The device is alive; `precopy_info_v2` is only written by the VFIO core under
+        // the device set lock at open and by the feature ioctl, a byte read is fine.
+        let v2 = unsafe { (*self.dev.as_vdev_raw()).precopy_info_v2 } != 0;
+        drop(g);
+        drop(io);
+
+        if v2 {
+            // Output flags: no REINIT, this driver never re-initialises the stream.
+            raw[4..8].copy_from_slice(&0u32.to_ne_bytes());
+        }
+        raw[8..16].copy_from_slice(&initial.to_ne_bytes());
+        raw[16..24].copy_from_slice(&dirty.to_ne_bytes());
+        writer.write_slice(&raw)?;
+        Ok(0)
+    }
+}
+
+#[vtable]
+impl<T: Driver> AnonFile for SaveFile<T> {
+    type Ptr = Arc<Self>;
+
+    fn read(this: ArcBorrow<'_, Self>, _file: &File, out: &mut UserSliceWriter) -> Result<usize> {
+        let mut io = this.io.lock();
+        if io.pos == io.buf.len() && !this.refill(&mut io)? {
+            return Ok(0);
+        }
+        let n = (io.buf.len() - io.pos).min(out.len());
+        // The user copy runs with the I/O lock only, see the module documentation. On a fault
+        // nothing is consumed.
+        out.write_slice(&io.buf[io.pos..io.pos + n])?;
+        io.pos += n;
+        io.initial = io.initial.saturating_sub(n);
+        Ok(n)
+    }
+
+    fn ioctl(this: ArcBorrow<'_, Self>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        if cmd != VFIO_MIG_GET_PRECOPY_INFO {
+            return Err(ENOTTY);
+        }
+        this.precopy_info(arg)
+    }
+
+    fn poll(this: ArcBorrow<'_, Self>, file: &File, table: PollTable<'_>) -> Result<u32> {
+        table.register_wait(file, &this.wait);
+        let readable = poll_mask::EPOLLIN | poll_mask::EPOLLRDNORM;
+        let io = this.io.lock();
+        if io.pos < io.buf.len() {
+            return Ok(readable);
+        }
+        let mut g = this.dev.mig_lock();
+        let Some(s) = this.session(&mut g) else {
+            return Ok(poll_mask::EPOLLERR);
+        };
+        if s.phase == SavePhase::StopCopy || s.header.is_some() {
+            return Ok(readable);
+        }
+        // SAFETY: The file is active and the migration lock is held, so the device is open.
+        let dev = unsafe { this.dev.assume_open() };
+        let p = Ops::<T>::save_pending(dev, &s.state);
+        Ok(if p.initial + p.dirty > 0 { readable } else { 0 })
+    }
+}
+
+/// The resuming data file.
+#[pin_data]
+struct ResumeFile<T: Driver> {
+    dev: ARef<Device<T>>,
+    #[pin]
+    io: Mutex<StreamReader>,
+}
+
+impl<T: Driver> ResumeFile<T> {
+    fn new(dev: ARef<Device<T>>, reader: StreamReader) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            dev,
+            io <- new_mutex!(reader),
+        })
+    }
+
+    /// Returns the session if this file is the active resuming file.
+    fn session<'a>(&self, g: &'a mut MigInner<T>) -> Option<&'a mut ResumeSession<T>> {
+        g.resume.as_mut().filter(|s| ptr::eq(&*s.file, self))
+    }
+
+    /// Hands a complete record to the driver.
+    fn deliver(&self, record: &Record<'_>) -> Result {
+        let mut g = self.dev.mig_lock();
+        let s = self.session(&mut g).ok_or(ENODEV)?;
+        let state = s.state.as_mut().ok_or(EINVAL)?;
+        // SAFETY: The file is active and the migration lock is held, so the device is open.
+        let dev = unsafe { self.dev.assume_open() };
+        let known = dev.with_memory(|| Ops::<T>::resume_record(dev, state, record))?;
+        if known || record.flags & migration::RECORD_OPTIONAL != 0 {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
+    }
+}
+
+#[vtable]
+impl<T: Driver> AnonFile for ResumeFile<T> {
+    type Ptr = Arc<Self>;
+
+    fn write(this: ArcBorrow<'_, Self>, _file: &File, inp: &mut UserSliceReader) -> Result<usize> {
+        let mut r = this.io.lock();
+        {
+            let mut g = this.dev.mig_lock();
+            this.session(&mut g).ok_or(ENODEV)?;
+        }
+        let mut done = 0;
+        while inp.len() > 0 {
+            let buf = r.buffer()?;
+            let n = buf.len().min(inp.len());
+            // The user copy runs with the I/O lock only, see the module documentation.
+            inp.read_slice(&mut buf[..n])?;
+            let delivered = match r.advance(n)? {
+                Some(record) => this.deliver(&record),
+                None => Ok(()),
+            };
+            if let Err(e) = delivered {
+                return Err(r.fail(e));
+            }
+            done += n;
+        }
+        let complete = r.finish().is_ok();
+        let mut g = this.dev.mig_lock();
+        if let Some(s) = this.session(&mut g) {
+            s.complete = complete;
+        }
+        Ok(done)
+    }
+}
