@@ -21,6 +21,12 @@ make -s -C "$SRC/tools/testing/selftests/vfio" O="$kst/vfio" OUTPUT="$kst/vfio" 
 	-j"$JOBS" all >"$kst/vfio.log" 2>&1 ||
 	{ tail -n 30 "$kst/vfio.log" >&2; die "building the VFIO kselftests failed"; }
 
+# The migration demo, built beside them.
+gcc -static -O2 -Wall -Werror -isystem "$OBJ/usr/include" -I"$SRC/tools/include" \
+	-I"$SRC/tools/testing/selftests/vfio/lib/include" \
+	-o "$kst/vfio/vfio_pci_migrate" "$SRC/tools/testing/selftests/vfio/vfio_pci_migrate.c" ||
+	die "building vfio_pci_migrate failed"
+
 rm -rf "$stage"
 mkdir -p "$stage"/{bin,sbin,dev,proc,sys,tmp,opt/tests,lib/overlay}
 cp /bin/busybox "$stage/bin/busybox"

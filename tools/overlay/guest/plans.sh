@@ -118,6 +118,17 @@ plan_demo() {
 		fi
 	done
 	dmesg | grep 'ivshmem-vfio-pci.*shared memory' | while read -r line; do say "dmesg: $line"; done
+	set -- $(ivshmem_plain_bdfs)
+	say "== migrating $1 -> $2"
+	/opt/tests/vfio_pci_migrate -s 7 "$1" "$2" >/tmp/migrate.out 2>&1
+	rc=$?
+	while read -r line; do say "$line"; done </tmp/migrate.out
+	if [ $rc = 0 ]; then
+		tap_result ok "demo: migrate $1 -> $2, destination identical [ivshmem-vfio-pci $1 $2]" ""
+	else
+		tap_result "not ok" "demo: migrate $1 -> $2, destination identical [ivshmem-vfio-pci $1 $2]" ""
+	fi
+	check_kernel_log "demo"
 }
 
 # Harness self-checks (make check-harness): each must make the run fail.
