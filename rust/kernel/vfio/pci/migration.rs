@@ -705,6 +705,11 @@ impl<T: Driver> SaveFile<T> {
 
         let io = self.io.lock();
         let mut g = self.dev.mig_lock();
+        // Only valid in PRE_COPY and PRE_COPY_P2P, whatever the file: -EINVAL in any other
+        // state, as the uAPI asks, before looking at the file.
+        if !matches!(g.state, MigState::PreCopy | MigState::PreCopyP2p) {
+            return Err(EINVAL);
+        }
         let s = self.session(&mut g).ok_or(ENODEV)?;
         if s.phase != SavePhase::PreCopy {
             return Err(EINVAL);
@@ -803,6 +808,26 @@ impl<T: Driver> ResumeFile<T> {
         g.resume.as_mut().filter(|s| ptr::eq(&*s.file, self))
     }
 
+    /// Parses the bytes of one `write()` and hands complete records to the driver.
+    fn consume(&self, r: &mut StreamReader, inp: &mut UserSliceReader) -> Result<usize> {
+        let mut done = 0;
+        while inp.len() > 0 {
+            let buf = r.buffer()?;
+            let n = buf.len().min(inp.len());
+            // The user copy runs with the I/O lock only, see the module documentation.
+            inp.read_slice(&mut buf[..n])?;
+            let delivered = match r.advance(n)? {
+                Some(record) => self.deliver(&record),
+                None => Ok(()),
+            };
+            if let Err(e) = delivered {
+                return Err(r.fail(e));
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
     /// Hands a complete record to the driver.
     fn deliver(&self, record: &Record<'_>) -> Result {
         let mut g = self.dev.mig_lock();
@@ -829,26 +854,24 @@ impl<T: Driver> AnonFile for ResumeFile<T> {
             let mut g = this.dev.mig_lock();
             this.session(&mut g).ok_or(ENODEV)?;
         }
-        let mut done = 0;
-        while inp.len() > 0 {
-            let buf = r.buffer()?;
-            let n = buf.len().min(inp.len());
-            // The user copy runs with the I/O lock only, see the module documentation.
-            inp.read_slice(&mut buf[..n])?;
-            let delivered = match r.advance(n)? {
-                Some(record) => this.deliver(&record),
-                None => Ok(()),
-            };
-            if let Err(e) = delivered {
-                return Err(r.fail(e));
-            }
-            done += n;
-        }
+        let ret = this.consume(&mut r, inp);
+        // Publish whether the stream is complete for RESUMING -> STOP, after every write,
+        // failed ones included: a fault after a complete stream (e.g. data after END) makes it
+        // incomplete for good.
         let complete = r.finish().is_ok();
         let mut g = this.dev.mig_lock();
         if let Some(s) = this.session(&mut g) {
             s.complete = complete;
         }
-        Ok(done)
+        ret
+    }
+
+    fn ioctl(_this: ArcBorrow<'_, Self>, _file: &File, cmd: u32, _arg: usize) -> Result<isize> {
+        // The precopy information only exists in PRE_COPY and PRE_COPY_P2P.
+        if cmd == VFIO_MIG_GET_PRECOPY_INFO {
+            Err(EINVAL)
+        } else {
+            Err(ENOTTY)
+        }
     }
 }
