@@ -12,7 +12,7 @@
 # powered off before saying it was done; then the end of the console log is
 # printed. No QEMU process outlives this script.
 #
-# Environment: IVSHMEM_SIZE (default 64M), VM_TIMEOUT (default 1200 s),
+# Environment: VM_NAME (output folder name, default PLAN), IVSHMEM_SIZE (default 64M), VM_TIMEOUT (default 1200 s),
 # VM_MEM (default 1G), TAP_OUT (default $BUILD/PLAN.tap), VM_QUIET=1 prints
 # only the summary.
 set -euo pipefail
@@ -23,7 +23,7 @@ IVSHMEM_SIZE=${IVSHMEM_SIZE:-64M}
 VM_TIMEOUT=${VM_TIMEOUT:-1200}
 VM_MEM=${VM_MEM:-1G}
 TAP_OUT=${TAP_OUT:-$BUILD/$plan.tap}
-dir=$BUILD/vm/$plan
+dir=$BUILD/vm/${VM_NAME:-$plan}
 kernel=$OBJ/arch/x86/boot/bzImage
 initrd=$BUILD/initramfs.cpio.gz
 [ -f "$kernel" ] && [ -f "$initrd" ] || die "build the kernel and initramfs first"

@@ -42,6 +42,7 @@ plan_check() {
 		done
 		unbind "$a"
 	done
+	run_migration_tests
 	bind_cycles "$a" ivshmem-vfio-pci ivshmem_vfio_pci 20
 	check_leaks "check"
 	check_kernel_log "check"

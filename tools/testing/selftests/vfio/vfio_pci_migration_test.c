@@ -1,0 +1,2063 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The VFIO migration v2 uAPI (include/uapi/linux/vfio.h) as QEMU uses it.
+ *
+ *   vfio_pci_migration_test [harness options] DEVICE_A [DEVICE_B]
+ *
+ * A device is a PCI BDF (e.g. 0000:01:00.0) or an mdev UUID. The fixture
+ * vfio_migration checks what every migration driver must do (tests that
+ * need a destination are skipped without DEVICE_B); the fixtures
+ * ivshmem_vfio_pci* check the stream of the ivshmem-vfio-pci driver and
+ * are skipped for any other driver. Behaviour of the mtty sample driver
+ * that contradicts the uAPI text is reported as XFAIL ("mtty known
+ * deviation"), for mtty only.
+ */
+#include <ctype.h>
+#include <endian.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+#include <sys/mman.h>
+
+#include <linux/bits.h>
+#include <linux/pci_regs.h>
+#include <linux/sizes.h>
+
+#include <libvfio/migration.h>
+
+#include "kselftest_harness.h"
+
+#define MTTY_DRIVER		"mtty"
+#define IVSHMEM_DRIVER		"ivshmem-vfio-pci"
+
+/* Seconds a single read() or write() of a data fd may take. */
+#define IO_TIMEOUT		20
+
+#define STOP			VFIO_DEVICE_STATE_STOP
+#define RUNNING			VFIO_DEVICE_STATE_RUNNING
+#define STOP_COPY		VFIO_DEVICE_STATE_STOP_COPY
+#define RESUMING		VFIO_DEVICE_STATE_RESUMING
+#define RUNNING_P2P		VFIO_DEVICE_STATE_RUNNING_P2P
+#define PRE_COPY		VFIO_DEVICE_STATE_PRE_COPY
+#define PRE_COPY_P2P		VFIO_DEVICE_STATE_PRE_COPY_P2P
+#define NR_STATES		VFIO_DEVICE_STATE_NR
+
+/*
+ * The ivshmem-vfio-pci migration stream, version 1, little-endian: a
+ * sequence of records, each a 24-byte header and @length payload bytes.
+ * Every record of a stream carries the random, non-zero id of its saving
+ * session. An unknown record type is skipped when it is OPTIONAL and an
+ * error otherwise.
+ */
+struct mig_rec_hdr {
+	__le32 type;
+	__le32 flags;
+	__le64 length;
+	__le64 session;
+};
+
+#define MIG_REC_HDR_SIZE	24
+#define MIG_REC_OPTIONAL	BIT(0)
+/* First and exactly once: magic[8], le32 version, le32 identity_len, identity */
+#define MIG_REC_HEADER		1
+/* Last: le64 records before END (HEADER included), le64 stream bytes before END */
+#define MIG_REC_END		2
+/* le64 offset into BAR2, then at most MIG_MEM_MAX_DATA bytes of data */
+#define MIG_REC_MEM		0x100
+/* le32 INTRMASK, le32 INTRSTATUS */
+#define MIG_REC_REGS		0x101
+
+#define MIG_MAGIC		"RVFIOMIG"
+#define MIG_VERSION		1
+/* ivshmem identity: le16 vendor, device, subsystem vendor, subsystem; le64 BAR2 size */
+#define MIG_IDENTITY_LEN	16
+#define MIG_HEADER_LEN		(8 + 4 + 4 + MIG_IDENTITY_LEN)
+#define MIG_MEM_MAX_DATA	SZ_1M
+#define MIG_END_LEN		16
+
+/* ivshmem BAR0 registers */
+#define IVSHMEM_INTRMASK	0
+#define IVSHMEM_INTRSTATUS	4
+#define IVSHMEM_BAR2		2
+
+static const char *device_names[2];
+static int nr_devices;
+
+/* ------------------------------------------------------------------ */
+/* The migration FSM of include/uapi/linux/vfio.h                      */
+
+static bool is_saving(u32 state)
+{
+	return state == PRE_COPY || state == PRE_COPY_P2P || state == STOP_COPY;
+}
+
+static bool has_session(u32 state)
+{
+	return is_saving(state) || state == RESUMING;
+}
+
+static bool state_supported(u64 flags, u32 state)
+{
+	switch (state) {
+	case STOP:
+	case RUNNING:
+	case STOP_COPY:
+	case RESUMING:
+		return true;
+	case RUNNING_P2P:
+		return flags & VFIO_MIGRATION_P2P;
+	case PRE_COPY:
+		return flags & VFIO_MIGRATION_PRE_COPY;
+	case PRE_COPY_P2P:
+		return (flags & VFIO_MIGRATION_P2P) &&
+		       (flags & VFIO_MIGRATION_PRE_COPY);
+	default:
+		/* ERROR "cannot be specified as a device state" */
+		return false;
+	}
+}
+
+/* The FSM arcs the uAPI defines, for a device with all optional states. */
+static const u32 fsm_arcs[][2] = {
+	{ RUNNING_P2P, STOP },
+	{ STOP_COPY, STOP },
+	{ RESUMING, STOP },
+	{ PRE_COPY, RUNNING },
+	{ RUNNING_P2P, RUNNING },
+	{ PRE_COPY_P2P, RUNNING_P2P },
+	{ RUNNING, RUNNING_P2P },
+	{ STOP, RUNNING_P2P },
+	{ RUNNING, PRE_COPY },
+	{ RUNNING_P2P, PRE_COPY_P2P },
+	{ STOP, STOP_COPY },
+	{ PRE_COPY, PRE_COPY_P2P },
+	{ PRE_COPY_P2P, PRE_COPY },
+	{ PRE_COPY_P2P, STOP_COPY },
+	{ STOP, RESUMING },
+};
+
+/*
+ * "For the purpose of specification the states behave as though the
+ * device was fully running if not supported": without P2P, RUNNING_P2P is
+ * RUNNING and PRE_COPY_P2P is PRE_COPY.
+ */
+static u32 fold_state(u64 flags, u32 state)
+{
+	if (!(flags & VFIO_MIGRATION_P2P)) {
+		if (state == RUNNING_P2P)
+			return RUNNING;
+		if (state == PRE_COPY_P2P)
+			return PRE_COPY;
+	}
+	return state;
+}
+
+static bool fsm_arc(u64 flags, u32 from, u32 to)
+{
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(fsm_arcs); i++) {
+		u32 a = fsm_arcs[i][0], b = fsm_arcs[i][1];
+
+		/* "Arcs touching PRE_COPY and PRE_COPY_P2P are removed ..." */
+		if (!(flags & VFIO_MIGRATION_PRE_COPY) &&
+		    (a == PRE_COPY || a == PRE_COPY_P2P ||
+		     b == PRE_COPY || b == PRE_COPY_P2P))
+			continue;
+		if (fold_state(flags, a) == from && fold_state(flags, b) == to &&
+		    from != to)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Whether SET @from -> @to must succeed: some path of arcs between
+ * supported states leads there without a saving group state as an interior
+ * step. Moving inside the saving group keeps its session and is allowed
+ * (PRE_COPY -> PRE_COPY_P2P -> STOP_COPY); leaving it and coming back is
+ * not ("STOP_COPY -> PRE_COPY, STOP_COPY -> PRE_COPY_P2P: These arcs are
+ * not permitted and return error if requested").
+ */
+enum { IN_START_GROUP, OUTSIDE, ENTERED_GROUP, LEFT_GROUP, NR_PHASES };
+
+static bool transition_legal(u64 flags, u32 from, u32 to)
+{
+	bool seen[NR_STATES][NR_PHASES] = {};
+	u32 queue[NR_STATES * NR_PHASES][2];
+	int head = 0, tail = 0;
+	u32 next;
+
+	if (!state_supported(flags, from) || !state_supported(flags, to))
+		return false;
+	if (from == to)
+		return true;
+
+	queue[tail][0] = from;
+	queue[tail++][1] = is_saving(from) ? IN_START_GROUP : OUTSIDE;
+	while (head < tail) {
+		u32 state = queue[head][0], phase = queue[head++][1];
+
+		for (next = 0; next < NR_STATES; next++) {
+			u32 nphase;
+
+			if (!state_supported(flags, next) || !fsm_arc(flags, state, next))
+				continue;
+			if (phase == IN_START_GROUP)
+				nphase = is_saving(next) ? IN_START_GROUP : LEFT_GROUP;
+			else if (phase == OUTSIDE)
+				nphase = is_saving(next) ? ENTERED_GROUP : OUTSIDE;
+			else if (!is_saving(next))
+				nphase = LEFT_GROUP;
+			else
+				continue;
+			if (next == to)
+				return true;
+			/* A saving state entered from outside must be the end. */
+			if (nphase == ENTERED_GROUP || seen[next][nphase])
+				continue;
+			seen[next][nphase] = true;
+			queue[tail][0] = next;
+			queue[tail++][1] = nphase;
+		}
+	}
+	return false;
+}
+
+/* The arc into PRE_COPY, PRE_COPY_P2P, STOP_COPY or RESUMING returns a new data_fd. */
+static bool opens_session(u32 from, u32 to)
+{
+	return from != to &&
+	       ((is_saving(to) && !is_saving(from)) || to == RESUMING);
+}
+
+/* Leaving the saving group, or RESUMING, ends the session of the old fd. */
+static bool ends_session(u32 from, u32 to)
+{
+	return from != to && has_session(from) &&
+	       !(is_saving(from) && is_saving(to));
+}
+
+/* ------------------------------------------------------------------ */
+/* Data fds and streams                                               */
+
+struct mig_buf {
+	u8 *data;
+	size_t len;
+	size_t cap;
+};
+
+static void mig_buf_reserve(struct mig_buf *buf, size_t more)
+{
+	if (buf->len + more <= buf->cap)
+		return;
+	buf->cap = (buf->len + more) * 2;
+	buf->data = realloc(buf->data, buf->cap);
+	if (!buf->data) {
+		perror("realloc");
+		abort();
+	}
+}
+
+static void mig_buf_free(struct mig_buf *buf)
+{
+	free(buf->data);
+	memset(buf, 0, sizeof(*buf));
+}
+
+static void on_alarm(int sig)
+{
+}
+
+/* read() that gives up with EINTR after IO_TIMEOUT seconds: 0, n or -errno */
+static ssize_t timed_read(int fd, void *p, size_t len)
+{
+	ssize_t n;
+	int err;
+
+	alarm(IO_TIMEOUT);
+	n = read(fd, p, len);
+	err = errno;
+	alarm(0);
+	return n < 0 ? -err : n;
+}
+
+static ssize_t timed_write(int fd, const void *p, size_t len)
+{
+	ssize_t n;
+	int err;
+
+	alarm(IO_TIMEOUT);
+	n = write(fd, p, len);
+	err = errno;
+	alarm(0);
+	return n < 0 ? -err : n;
+}
+
+/*
+ * Read what @fd has: until read() returns 0 (end of stream) or fails
+ * (ENOMSG: the temporary end of stream in PRE_COPY). Appends to @buf if
+ * not NULL. Returns 0 or the -errno that ended it; *nread counts bytes.
+ */
+static int read_available(int fd, struct mig_buf *buf, u64 *nread)
+{
+	static u8 scratch[SZ_1M];
+	ssize_t n;
+
+	*nread = 0;
+	for (;;) {
+		u8 *dst = scratch;
+
+		if (buf) {
+			mig_buf_reserve(buf, SZ_1M);
+			dst = buf->data + buf->len;
+		}
+		n = timed_read(fd, dst, SZ_1M);
+		if (n <= 0)
+			return n;
+		if (buf)
+			buf->len += n;
+		*nread += n;
+	}
+}
+
+/*
+ * Write @len bytes in chunks of changing sizes (a record header may span
+ * writes: the user "is not required to preserve buffer segmentation").
+ * Returns 0 or the -errno of the first failed write(); *done counts bytes.
+ */
+static int write_stream(int fd, const u8 *p, size_t len, size_t *done)
+{
+	static const size_t chunks[] = { 1, 23, 4099, 65543, SZ_1M + 5 };
+	size_t off = 0;
+	int i = 0;
+
+	while (off < len) {
+		size_t n = chunks[i++ % ARRAY_SIZE(chunks)];
+		ssize_t ret;
+
+		ret = timed_write(fd, p + off, n < len - off ? n : len - off);
+		if (ret <= 0) {
+			if (done)
+				*done = off;
+			return ret ? ret : -EIO;
+		}
+		off += ret;
+	}
+	if (done)
+		*done = off;
+	return 0;
+}
+
+/* Use a data fd once: read a byte from a saving one, write one to a resuming one. */
+static int probe_data_fd(int fd, bool saving)
+{
+	u8 byte = 0;
+
+	return saving ? timed_read(fd, &byte, 1) : timed_write(fd, &byte, 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* Device state helpers                                               */
+
+static void check_state(struct __test_metadata *_metadata, struct vfio_mig_device *dev,
+			u32 want, bool fatal)
+{
+	u32 state;
+
+	ASSERT_EQ(0, vfio_mig_get_state(dev->fd, &state));
+	if (state == want)
+		return;
+	TH_LOG("%s is in %s, expected %s", dev->name, vfio_mig_state_name(state),
+	       vfio_mig_state_name(want));
+	if (fatal)
+		ASSERT_EQ(want, state);
+	EXPECT_EQ(want, state);
+}
+
+#define ASSERT_STATE(_dev, _state) check_state(_metadata, _dev, _state, true)
+#define EXPECT_STATE(_dev, _state) check_state(_metadata, _dev, _state, false)
+
+/*
+ * Deviations of mtty from the uAPI text are collected here and turn a
+ * passing test into XFAIL; for any other driver they are failures.
+ */
+static char deviations[900];
+
+static void expect_or_mtty_deviation(struct __test_metadata *_metadata, bool mtty,
+				     bool ok, int line, const char *fmt, ...)
+{
+	size_t len = strlen(deviations);
+	char what[160];
+	va_list ap;
+
+	if (ok)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	fprintf(TH_LOG_STREAM, "# %s:%d:%s:%s%s\n", __FILE__, line, _metadata->name,
+		mtty ? "mtty known deviation: " : "", what);
+	if (!mtty) {
+		_metadata->exit_code = KSFT_FAIL;
+		return;
+	}
+	snprintf(deviations + len, sizeof(deviations) - len, "%s%s", len ? "; " : "", what);
+}
+
+#define EXPECT_OR_MTTY_DEVIATION(_ok, ...) \
+	expect_or_mtty_deviation(_metadata, self->mtty, _ok, __LINE__, __VA_ARGS__)
+
+static void report_deviations(struct __test_metadata *_metadata)
+{
+	if (!deviations[0] || _metadata->exit_code != KSFT_PASS)
+		return;
+	snprintf(_metadata->results->reason, sizeof(_metadata->results->reason),
+		 "mtty known deviation: %s", deviations);
+	_metadata->exit_code = KSFT_XFAIL;
+}
+
+/* Back to RUNNING by SET, or by VFIO_DEVICE_RESET from RESUMING and ERROR. */
+static int to_running(struct vfio_mig_device *dev)
+{
+	u32 state;
+	int ret;
+
+	ret = vfio_mig_get_state(dev->fd, &state);
+	if (ret)
+		return ret;
+	if (state == RUNNING)
+		return 0;
+	if (state != RESUMING && state != VFIO_DEVICE_STATE_ERROR &&
+	    !vfio_mig_set_state(dev->fd, RUNNING, NULL))
+		return 0;
+	ret = vfio_mig_reset(dev->fd);
+	if (ret)
+		return ret;
+	ret = vfio_mig_get_state(dev->fd, &state);
+	return ret ? ret : state == RUNNING ? 0 : -EIO;
+}
+
+/*
+ * RUNNING -> @state in one SET (a legal transition for every state); the
+ * data_fd in *fd. In RESUMING, the first @resume_len bytes of @stream are
+ * written.
+ */
+static void reach_state(struct __test_metadata *_metadata,
+			struct vfio_mig_device *dev, u32 state,
+			const struct mig_buf *stream, size_t resume_len, int *fd)
+{
+	ASSERT_STATE(dev, RUNNING);
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, state, fd))
+		TH_LOG("RUNNING -> %s", vfio_mig_state_name(state));
+	if (has_session(state)) {
+		ASSERT_LE(0, *fd) TH_LOG("RUNNING -> %s: no data_fd",
+					 vfio_mig_state_name(state));
+	} else {
+		ASSERT_EQ(-1, *fd) TH_LOG("RUNNING -> %s: data_fd %d",
+					  vfio_mig_state_name(state), *fd);
+	}
+	if (state == RESUMING && resume_len)
+		ASSERT_EQ(0, write_stream(*fd, stream->data, resume_len, NULL));
+}
+
+/* A stream of a save session started in STOP_COPY; @dev ends in RUNNING. */
+static void save_stop_copy(struct __test_metadata *_metadata,
+			   struct vfio_mig_device *dev, struct mig_buf *out)
+{
+	u64 n;
+	int fd;
+
+	reach_state(_metadata, dev, STOP_COPY, NULL, 0, &fd);
+	ASSERT_EQ(0, read_available(fd, out, &n));
+	ASSERT_LT(0, n) TH_LOG("STOP_COPY streamed nothing");
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+}
+
+/*
+ * Save as QEMU does: RUNNING -> PRE_COPY, read until the temporary end of
+ * stream, (-> PRE_COPY_P2P) -> STOP_COPY, read until the end, -> STOP.
+ * Without PRE_COPY: RUNNING -> STOP -> STOP_COPY. *precopy_len gets the
+ * bytes read in PRE_COPY.
+ */
+static void save_qemu_way(struct __test_metadata *_metadata,
+			  struct vfio_mig_device *dev, u64 flags, bool mtty,
+			  struct mig_buf *out, size_t *precopy_len)
+{
+	int fd = -1, nfd, ret;
+	u64 n;
+
+	*precopy_len = 0;
+	if (flags & VFIO_MIGRATION_PRE_COPY) {
+		reach_state(_metadata, dev, PRE_COPY, NULL, 0, &fd);
+		ret = read_available(fd, out, &n);
+		/* mtty returns 0 here (see precopy_drained_read_returns_enomsg) */
+		if (!(mtty && ret == 0))
+			EXPECT_EQ(-ENOMSG, ret) TH_LOG("PRE_COPY read: %s", strerror(-ret));
+		*precopy_len = out->len;
+		if (flags & VFIO_MIGRATION_P2P) {
+			ASSERT_EQ(0, vfio_mig_set_state(dev->fd, PRE_COPY_P2P, &nfd));
+			EXPECT_EQ(-1, nfd);
+		}
+	} else {
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP, NULL));
+	}
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &nfd));
+	if (flags & VFIO_MIGRATION_PRE_COPY)
+		EXPECT_EQ(-1, nfd) TH_LOG("PRE_COPY_P2P -> STOP_COPY returned a new data_fd");
+	if (!(flags & VFIO_MIGRATION_PRE_COPY))
+		fd = nfd;
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, read_available(fd, out, &n));
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP, &nfd));
+	EXPECT_EQ(-1, nfd);
+	EXPECT_EQ(-ENODEV, probe_data_fd(fd, true));
+	ASSERT_EQ(0, close(fd));
+}
+
+/* Resume as QEMU does: RUNNING -> STOP -> RESUMING, write, -> STOP -> RUNNING. */
+static void resume_qemu_way(struct __test_metadata *_metadata,
+			    struct vfio_mig_device *dev, const u8 *stream, size_t len)
+{
+	int fd, nfd, ret;
+
+	ASSERT_STATE(dev, RUNNING);
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP, &nfd));
+	EXPECT_EQ(-1, nfd);
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RESUMING, &fd));
+	ASSERT_LE(0, fd);
+	ret = write_stream(fd, stream, len, NULL);
+	ASSERT_EQ(0, ret) TH_LOG("writing the stream: %s", strerror(-ret));
+	ret = vfio_mig_set_state(dev->fd, STOP, &nfd);
+	ASSERT_EQ(0, ret) TH_LOG("RESUMING -> STOP: %s", strerror(-ret));
+	EXPECT_EQ(-1, nfd);
+	EXPECT_EQ(-ENODEV, probe_data_fd(fd, false));
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_STATE(dev, RUNNING);
+	ASSERT_EQ(0, close(fd));
+}
+
+static int region_info(int fd, u32 index, struct vfio_region_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	info->argsz = sizeof(*info);
+	info->index = index;
+	return vfio_mig_errno(ioctl(fd, VFIO_DEVICE_GET_REGION_INFO, info));
+}
+
+/* ------------------------------------------------------------------ */
+/* Device-independent tests                                           */
+
+FIXTURE(vfio_migration) {
+	struct vfio_mig_device dev[2];
+	int nr_devs;
+	u64 flags;
+	bool mtty;
+};
+
+FIXTURE_VARIANT(vfio_migration) {
+	int group;
+};
+
+FIXTURE_VARIANT_ADD(vfio_migration, cdev_iommufd) {
+	.group = 0,
+};
+
+FIXTURE_VARIANT_ADD(vfio_migration, group_type1) {
+	.group = 1,
+};
+
+FIXTURE_SETUP(vfio_migration)
+{
+	struct vfio_mig_device *dev;
+	int i, ret;
+
+	for (i = 0; i < nr_devices; i++) {
+		dev = &self->dev[i];
+		ASSERT_EQ(0, vfio_mig_device_lookup(dev, device_names[i]));
+		ret = vfio_mig_device_open(dev, variant->group);
+		if (ret && variant->group)
+			SKIP(return, "%s (%s): no group/container path: %s",
+			     dev->name, dev->driver, strerror(-ret));
+		ASSERT_EQ(0, ret) TH_LOG("opening %s (%s): %s", dev->name,
+					 dev->driver, strerror(-ret));
+		self->nr_devs++;
+	}
+
+	dev = &self->dev[0];
+	ret = vfio_mig_get_flags(dev->fd, &self->flags);
+	if (ret)
+		SKIP(return, "%s (%s) does not support migration: %s",
+		     dev->name, dev->driver, strerror(-ret));
+	ASSERT_TRUE(self->flags & VFIO_MIGRATION_STOP_COPY);
+	self->mtty = !strcmp(dev->driver, MTTY_DRIVER);
+
+	/* mtty keeps its migration state across close and re-open */
+	for (i = 0; i < self->nr_devs; i++)
+		ASSERT_EQ(0, to_running(&self->dev[i]));
+}
+
+FIXTURE_TEARDOWN(vfio_migration)
+{
+	int i;
+
+	report_deviations(_metadata);
+	for (i = 0; i < self->nr_devs; i++) {
+		to_running(&self->dev[i]);
+		vfio_mig_device_close(&self->dev[i]);
+	}
+}
+
+TEST_F_TIMEOUT(vfio_migration, state_transition_matrix, 600)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct mig_buf stream = {};
+	int from_fd, to_fd, ret, legal_n = 0, illegal_n = 0;
+	u32 from, to, state;
+
+	/* A complete stream to leave RESUMING with */
+	save_stop_copy(_metadata, dev, &stream);
+
+	for (from = 0; from < NR_STATES; from++) {
+		if (!state_supported(self->flags, from))
+			continue;
+		for (to = STOP; to < NR_STATES; to++) {
+			bool legal = transition_legal(self->flags, from, to);
+			const char *f = vfio_mig_state_name(from);
+			const char *t = vfio_mig_state_name(to);
+
+			reach_state(_metadata, dev, from, &stream, stream.len, &from_fd);
+			ret = vfio_mig_set_state(dev->fd, to, &to_fd);
+			ASSERT_EQ(0, vfio_mig_get_state(dev->fd, &state));
+
+			if (legal) {
+				legal_n++;
+				EXPECT_EQ(0, ret) TH_LOG("%s -> %s: %s", f, t, strerror(-ret));
+				EXPECT_EQ(to, state) TH_LOG("%s -> %s left %s", f, t,
+							    vfio_mig_state_name(state));
+				if (opens_session(from, to)) {
+					EXPECT_LE(0, to_fd)
+						TH_LOG("%s -> %s: no data_fd", f, t);
+				} else {
+					EXPECT_EQ(-1, to_fd)
+						TH_LOG("%s -> %s: unexpected data_fd", f, t);
+				}
+				if (from_fd >= 0 && ends_session(from, to)) {
+					EXPECT_EQ(-ENODEV, probe_data_fd(from_fd, is_saving(from)))
+						TH_LOG("%s -> %s: old data_fd still usable", f, t);
+				} else if (from_fd >= 0 && is_saving(from)) {
+					EXPECT_NE(-ENODEV, probe_data_fd(from_fd, true))
+						TH_LOG("%s -> %s: data_fd ended", f, t);
+				}
+			} else {
+				illegal_n++;
+				EXPECT_EQ(-EINVAL, ret) TH_LOG("%s -> %s: %s", f, t,
+							       strerror(-ret));
+				EXPECT_EQ(from, state) TH_LOG("failed %s -> %s left %s", f, t,
+							      vfio_mig_state_name(state));
+				EXPECT_EQ(-1, to_fd);
+				if (from_fd >= 0 && is_saving(from)) {
+					EXPECT_NE(-ENODEV, probe_data_fd(from_fd, true))
+						TH_LOG("failed %s -> %s ended the data_fd", f, t);
+				}
+			}
+
+			/* A new resuming session needs data to leave RESUMING */
+			if (state == RESUMING && from != RESUMING && to_fd >= 0)
+				ASSERT_EQ(0, write_stream(to_fd, stream.data, stream.len, NULL));
+			if (state != RUNNING)
+				ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL))
+					TH_LOG("%s -> RUNNING", vfio_mig_state_name(state));
+			if (from_fd >= 0)
+				close(from_fd);
+			if (to_fd >= 0)
+				close(to_fd);
+		}
+	}
+	TH_LOG("%s (%s), migration flags %#llx: %d legal, %d illegal transitions",
+	       dev->name, dev->driver, (unsigned long long)self->flags,
+	       legal_n, illegal_n);
+	mig_buf_free(&stream);
+}
+
+TEST_F(vfio_migration, set_error_or_undefined_state_fails)
+{
+	static const u32 bad[] = { VFIO_DEVICE_STATE_ERROR, NR_STATES, 0x80000000, ~0U };
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct mig_buf stream = {};
+	u32 from, state;
+	int i, fd, nfd;
+
+	save_stop_copy(_metadata, dev, &stream);
+	for (from = STOP; from < NR_STATES; from++) {
+		if (!state_supported(self->flags, from))
+			continue;
+		reach_state(_metadata, dev, from, &stream, stream.len, &fd);
+		for (i = 0; i < ARRAY_SIZE(bad); i++) {
+			EXPECT_EQ(-EINVAL, vfio_mig_set_state(dev->fd, bad[i], &nfd))
+				TH_LOG("%s -> %#x", vfio_mig_state_name(from), bad[i]);
+			ASSERT_EQ(0, vfio_mig_get_state(dev->fd, &state));
+			EXPECT_EQ(from, state);
+		}
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+		if (fd >= 0)
+			ASSERT_EQ(0, close(fd));
+	}
+	mig_buf_free(&stream);
+}
+
+static void expect_data_fd_modes(struct __test_metadata *_metadata, int fd,
+				 bool saving)
+{
+	u8 byte = 0;
+
+	EXPECT_EQ(saving ? O_RDONLY : O_WRONLY, fcntl(fd, F_GETFL) & O_ACCMODE);
+	EXPECT_TRUE(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+	EXPECT_EQ(-1, lseek(fd, 0, SEEK_SET));
+	EXPECT_EQ(ESPIPE, errno);
+	EXPECT_EQ(-1, lseek(fd, 0, SEEK_CUR));
+	EXPECT_EQ(ESPIPE, errno);
+	EXPECT_EQ(-1, pread(fd, &byte, 1, 0));
+	EXPECT_EQ(ESPIPE, errno);
+	EXPECT_EQ(-1, pwrite(fd, &byte, 1, 0));
+	EXPECT_EQ(ESPIPE, errno);
+	if (saving) {
+		EXPECT_EQ(-1, write(fd, &byte, 1));
+		EXPECT_EQ(EBADF, errno);
+	} else {
+		EXPECT_EQ(-1, read(fd, &byte, 1));
+		EXPECT_EQ(EBADF, errno);
+	}
+}
+
+TEST_F(vfio_migration, data_fd_file_modes)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	int fd;
+
+	if (self->flags & VFIO_MIGRATION_PRE_COPY) {
+		reach_state(_metadata, dev, PRE_COPY, NULL, 0, &fd);
+		expect_data_fd_modes(_metadata, fd, true);
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+		ASSERT_EQ(0, close(fd));
+	}
+	reach_state(_metadata, dev, STOP_COPY, NULL, 0, &fd);
+	expect_data_fd_modes(_metadata, fd, true);
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+
+	reach_state(_metadata, dev, RESUMING, NULL, 0, &fd);
+	expect_data_fd_modes(_metadata, fd, false);
+	ASSERT_EQ(0, vfio_mig_reset(dev->fd));
+	ASSERT_EQ(0, close(fd));
+}
+
+TEST_F(vfio_migration, data_fd_shared_by_saving_group)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct pollfd pfd;
+	u64 n, size;
+	int fd, nfd, i;
+	u8 byte;
+
+	if (!(self->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "%s (%s) has no PRE_COPY", dev->name, dev->driver);
+	reach_state(_metadata, dev, PRE_COPY, NULL, 0, &fd);
+	ASSERT_EQ(1, timed_read(fd, &byte, 1));
+	if (self->flags & VFIO_MIGRATION_P2P) {
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, PRE_COPY_P2P, &nfd));
+		EXPECT_EQ(-1, nfd) TH_LOG("PRE_COPY -> PRE_COPY_P2P returned a new data_fd");
+	}
+	ASSERT_EQ(0, vfio_mig_get_data_size(dev->fd, &size));
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &nfd));
+	EXPECT_EQ(-1, nfd) TH_LOG("-> STOP_COPY returned a new data_fd");
+
+	/* The same fd streams on; STOP_COPY ends it with EOF, never ENOMSG */
+	ASSERT_EQ(0, read_available(fd, NULL, &n));
+	EXPECT_LT(0, n) TH_LOG("STOP_COPY streamed nothing after PRE_COPY");
+	TH_LOG("%s: PRE_COPY session streamed %llu bytes after its first", dev->driver,
+	       (unsigned long long)n);
+	for (i = 0; i < 3; i++)
+		EXPECT_EQ(0, timed_read(fd, &byte, 1));
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	EXPECT_EQ(1, poll(&pfd, 1, 1000));
+	EXPECT_TRUE(pfd.revents & POLLIN);
+
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP, &nfd));
+	EXPECT_EQ(-1, nfd);
+	EXPECT_EQ(-ENODEV, probe_data_fd(fd, true));
+	EXPECT_EQ(0, close(fd));
+}
+
+TEST_F(vfio_migration, precopy_drained_read_returns_enomsg)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct timespec t0, t1;
+	int fd, nfd, ret;
+	u64 n;
+
+	if (!(self->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "%s (%s) has no PRE_COPY", dev->name, dev->driver);
+	reach_state(_metadata, dev, PRE_COPY, NULL, 0, &fd);
+	ret = read_available(fd, NULL, &n);
+	EXPECT_LT(0, n) TH_LOG("PRE_COPY streamed no initial data");
+	EXPECT_OR_MTTY_DEVIATION(ret == -ENOMSG,
+				 "drained PRE_COPY read() returned %d, not -1/ENOMSG", ret);
+	ret = timed_read(fd, &n, 1);
+	EXPECT_OR_MTTY_DEVIATION(ret == -ENOMSG,
+				 "second drained read() returned %d", ret);
+
+	if (self->flags & VFIO_MIGRATION_P2P) {
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, PRE_COPY_P2P, &nfd));
+		ret = timed_read(fd, &n, 1);
+		EXPECT_OR_MTTY_DEVIATION(ret == -ENOMSG,
+					 "drained PRE_COPY_P2P read() returned %d", ret);
+	}
+
+	/* Non-blocking, too: same answer, at once */
+	ASSERT_EQ(0, fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = timed_read(fd, &n, 1);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	EXPECT_NE(-EINTR, ret) TH_LOG("O_NONBLOCK read() blocked");
+	EXPECT_GT(2, t1.tv_sec - t0.tv_sec);
+	EXPECT_OR_MTTY_DEVIATION(ret == -ENOMSG,
+				 "drained O_NONBLOCK read() returned %d", ret);
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	EXPECT_EQ(-ENODEV, probe_data_fd(fd, true));
+	ASSERT_EQ(0, close(fd));
+}
+
+TEST_F(vfio_migration, stop_copy_reads_to_eof)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct pollfd pfd;
+	int fd, i, ret;
+	u64 n;
+	u8 byte;
+
+	reach_state(_metadata, dev, STOP_COPY, NULL, 0, &fd);
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	EXPECT_EQ(1, poll(&pfd, 1, 1000));
+	EXPECT_TRUE(pfd.revents & POLLIN) TH_LOG("no POLLIN with STOP_COPY data ready");
+
+	ret = read_available(fd, NULL, &n);
+	EXPECT_EQ(0, ret) TH_LOG("STOP_COPY read: %s", strerror(-ret));
+	EXPECT_LT(0, n);
+	for (i = 0; i < 3; i++)
+		EXPECT_EQ(0, timed_read(fd, &byte, 1)) TH_LOG("read() after EOF");
+	ASSERT_EQ(0, fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK));
+	EXPECT_EQ(0, timed_read(fd, &byte, 1));
+	pfd.revents = 0;
+	EXPECT_EQ(1, poll(&pfd, 1, 1000));
+	EXPECT_TRUE(pfd.revents & POLLIN) TH_LOG("no POLLIN at the end of stream");
+
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP, NULL));
+	EXPECT_EQ(-ENODEV, probe_data_fd(fd, true));
+	ASSERT_EQ(0, close(fd));
+}
+
+TEST_F(vfio_migration, precopy_poll_and_nonblocking_reads)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct vfio_precopy_info info;
+	struct timespec t0, t1;
+	struct pollfd pfd;
+	int fd, ret;
+	u64 n;
+
+	if (!(self->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "%s (%s) has no PRE_COPY", dev->name, dev->driver);
+	reach_state(_metadata, dev, PRE_COPY, NULL, 0, &fd);
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	EXPECT_EQ(1, poll(&pfd, 1, 1000));
+	EXPECT_TRUE(pfd.revents & POLLIN)
+		TH_LOG("no POLLIN with %llu initial bytes ready",
+		       (unsigned long long)info.initial_bytes);
+
+	ASSERT_EQ(0, fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = read_available(fd, NULL, &n);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	EXPECT_NE(-EINTR, ret) TH_LOG("O_NONBLOCK read() blocked");
+	EXPECT_NE(-EAGAIN, ret) TH_LOG("EAGAIN instead of the temporary end of stream");
+	EXPECT_EQ(info.initial_bytes + info.dirty_bytes, n);
+	TH_LOG("%s: %llu PRE_COPY bytes in %ld s without blocking", dev->driver,
+	       (unsigned long long)n, (long)(t1.tv_sec - t0.tv_sec));
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+}
+
+TEST_F(vfio_migration, precopy_info_only_in_precopy)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct vfio_precopy_info info;
+	int fd, ret;
+
+	if (!(self->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "%s (%s) has no PRE_COPY", dev->name, dev->driver);
+
+	reach_state(_metadata, dev, PRE_COPY, NULL, 0, &fd);
+	EXPECT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	memset(&info, 0, sizeof(info));
+	info.argsz = offsetof(struct vfio_precopy_info, dirty_bytes);
+	EXPECT_EQ(-1, ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info));
+	EXPECT_EQ(EINVAL, errno) TH_LOG("short argsz");
+	if (self->flags & VFIO_MIGRATION_P2P) {
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, PRE_COPY_P2P, NULL));
+		EXPECT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	}
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, NULL));
+	EXPECT_EQ(-EINVAL, vfio_mig_precopy_info(fd, &info)) TH_LOG("in STOP_COPY");
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP, NULL));
+	EXPECT_EQ(-EINVAL, vfio_mig_precopy_info(fd, &info)) TH_LOG("ended fd, in STOP");
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+
+	reach_state(_metadata, dev, STOP_COPY, NULL, 0, &fd);
+	EXPECT_EQ(-EINVAL, vfio_mig_precopy_info(fd, &info)) TH_LOG("fresh STOP_COPY");
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+
+	reach_state(_metadata, dev, RESUMING, NULL, 0, &fd);
+	ret = vfio_mig_precopy_info(fd, &info);
+	EXPECT_OR_MTTY_DEVIATION(ret == -EINVAL,
+				 "VFIO_MIG_GET_PRECOPY_INFO on the RESUMING fd: %s, not EINVAL",
+				 strerror(-ret));
+	ASSERT_EQ(0, vfio_mig_reset(dev->fd));
+	ASSERT_EQ(0, close(fd));
+}
+
+TEST_F_TIMEOUT(vfio_migration, precopy_info_counts_down, 300)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct vfio_precopy_info first, prev, cur;
+	u64 chunk, total = 0, reads = 0;
+	static u8 buf[SZ_1M];
+	ssize_t n;
+	int fd;
+
+	if (!(self->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "%s (%s) has no PRE_COPY", dev->name, dev->driver);
+	reach_state(_metadata, dev, PRE_COPY, NULL, 0, &fd);
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &first));
+	EXPECT_LT(0, first.initial_bytes) TH_LOG("initial_bytes starts at 0");
+	chunk = first.initial_bytes / 13;
+	chunk = chunk < 1 ? 1 : chunk > SZ_1M ? SZ_1M : chunk;
+	prev = first;
+	for (;;) {
+		n = timed_read(fd, buf, chunk);
+		if (n <= 0)
+			break;
+		total += n;
+		reads++;
+		ASSERT_EQ(0, vfio_mig_precopy_info(fd, &cur));
+		EXPECT_GE(prev.initial_bytes, cur.initial_bytes)
+			TH_LOG("initial_bytes went up from %llu to %llu after a %zd-byte read",
+			       (unsigned long long)prev.initial_bytes,
+			       (unsigned long long)cur.initial_bytes, n);
+		if (!prev.dirty_bytes && !cur.dirty_bytes)
+			EXPECT_EQ(prev.initial_bytes - cur.initial_bytes, n)
+				TH_LOG("read %zd bytes, initial_bytes %llu -> %llu", n,
+				       (unsigned long long)prev.initial_bytes,
+				       (unsigned long long)cur.initial_bytes);
+		prev = cur;
+		if (_metadata->exit_code)
+			break;
+	}
+	/* mtty ends with 0 (see precopy_drained_read_returns_enomsg) */
+	if (!(self->mtty && n == 0))
+		EXPECT_EQ(-ENOMSG, n);
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &cur));
+	EXPECT_EQ(0, cur.initial_bytes) TH_LOG("initial_bytes after draining");
+	EXPECT_EQ(0, cur.dirty_bytes) TH_LOG("dirty_bytes of an idle device");
+	if (!first.dirty_bytes)
+		EXPECT_EQ(first.initial_bytes, total);
+	TH_LOG("%s: initial_bytes %llu, dirty_bytes %llu, read %llu bytes in %llu reads",
+	       dev->driver, (unsigned long long)first.initial_bytes,
+	       (unsigned long long)first.dirty_bytes, (unsigned long long)total,
+	       (unsigned long long)reads);
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+}
+
+TEST_F(vfio_migration, precopy_info_v2_flags)
+{
+#if defined(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2) && defined(VFIO_PRECOPY_INFO_REINIT)
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct vfio_precopy_info info;
+	const u32 v2 = VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2;
+	int fd, ret;
+	u64 n;
+
+	ret = vfio_mig_feature(dev->fd, VFIO_DEVICE_FEATURE_PROBE |
+			       VFIO_DEVICE_FEATURE_SET | v2, NULL, 0);
+	if (!(self->flags & VFIO_MIGRATION_PRE_COPY)) {
+		EXPECT_EQ(-EINVAL, ret);
+		SKIP(return, "%s (%s) has no PRE_COPY", dev->name, dev->driver);
+	}
+	if (ret)
+		SKIP(return, "MIG_PRECOPY_INFOv2 probe: %s", strerror(-ret));
+	EXPECT_EQ(-EINVAL, vfio_mig_feature(dev->fd, VFIO_DEVICE_FEATURE_GET | v2, NULL, 0));
+	ASSERT_EQ(0, vfio_mig_feature(dev->fd, VFIO_DEVICE_FEATURE_SET | v2, NULL, 0));
+
+	/* With the opt-in, flags is output only: input garbage must not come back */
+	reach_state(_metadata, dev, PRE_COPY, NULL, 0, &fd);
+	memset(&info, 0, sizeof(info));
+	info.argsz = sizeof(info);
+	info.flags = ~VFIO_PRECOPY_INFO_REINIT;
+	ASSERT_EQ(0, ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info));
+	EXPECT_EQ(0, info.flags & ~VFIO_PRECOPY_INFO_REINIT);
+	TH_LOG("%s: flags %#x, initial_bytes %llu", dev->driver, info.flags,
+	       (unsigned long long)info.initial_bytes);
+	read_available(fd, NULL, &n);
+	info.flags = ~0U;
+	ASSERT_EQ(0, ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info));
+	EXPECT_EQ(0, info.flags & ~VFIO_PRECOPY_INFO_REINIT);
+	/* Nothing re-initialised an idle device */
+	EXPECT_EQ(0, info.flags);
+	EXPECT_EQ(0, info.initial_bytes);
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+#else
+	SKIP(return, "no VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 in this uAPI");
+#endif
+}
+
+TEST_F_TIMEOUT(vfio_migration, data_size_bounds_stop_copy, 300)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	u64 size, n;
+	u32 state;
+	int fd, ret;
+
+	for (state = STOP; state < NR_STATES; state++) {
+		if (!state_supported(self->flags, state))
+			continue;
+		reach_state(_metadata, dev, state, NULL, 0, &fd);
+		ret = vfio_mig_get_data_size(dev->fd, &size);
+		EXPECT_EQ(0, ret) TH_LOG("MIG_DATA_SIZE in %s: %s",
+					 vfio_mig_state_name(state), strerror(-ret));
+		EXPECT_LT(0, size) TH_LOG("MIG_DATA_SIZE 0 in %s", vfio_mig_state_name(state));
+		ASSERT_EQ(0, to_running(dev));
+		if (fd >= 0)
+			ASSERT_EQ(0, close(fd));
+	}
+
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_get_data_size(dev->fd, &size));
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &fd));
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, read_available(fd, NULL, &n));
+	TH_LOG("%s: MIG_DATA_SIZE %llu, a session started in STOP_COPY streamed %llu",
+	       dev->driver, (unsigned long long)size, (unsigned long long)n);
+	EXPECT_GE(size, n);
+	if (!strcmp(dev->driver, IVSHMEM_DRIVER))
+		EXPECT_EQ(size, n);
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+}
+
+TEST_F_TIMEOUT(vfio_migration, reset_in_every_state, 300)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct mig_buf stream = {};
+	u32 state;
+	int fd, nfd, ret;
+	u8 byte;
+
+	save_stop_copy(_metadata, dev, &stream);
+	for (state = STOP; state < NR_STATES; state++) {
+		if (!state_supported(self->flags, state))
+			continue;
+		reach_state(_metadata, dev, state, &stream, stream.len / 2, &fd);
+		ret = vfio_mig_reset(dev->fd);
+		ASSERT_EQ(0, ret) TH_LOG("VFIO_DEVICE_RESET in %s: %s",
+					 vfio_mig_state_name(state), strerror(-ret));
+		EXPECT_STATE(dev, RUNNING);
+		if (fd >= 0) {
+			EXPECT_EQ(-ENODEV, probe_data_fd(fd, is_saving(state)))
+				TH_LOG("data_fd of %s usable after reset",
+				       vfio_mig_state_name(state));
+			EXPECT_EQ(0, close(fd));
+		}
+		/* A new session works */
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &nfd));
+		ASSERT_LE(0, nfd);
+		EXPECT_EQ(1, timed_read(nfd, &byte, 1));
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+		ASSERT_EQ(0, close(nfd));
+	}
+	mig_buf_free(&stream);
+}
+
+TEST_F_TIMEOUT(vfio_migration, close_device_in_every_state, 300)
+{
+	struct vfio_mig_device *dev = &self->dev[0];
+	struct vfio_precopy_info info;
+	struct mig_buf stream = {};
+	int fd, nfd, ret;
+	u32 state, now;
+	u8 byte;
+
+	save_stop_copy(_metadata, dev, &stream);
+	for (state = STOP; state < NR_STATES; state++) {
+		if (state == RUNNING || !state_supported(self->flags, state))
+			continue;
+		reach_state(_metadata, dev, state, &stream, stream.len / 2, &fd);
+		ASSERT_EQ(0, vfio_mig_device_close(dev));
+		if (fd >= 0) {
+			EXPECT_EQ(-ENODEV, probe_data_fd(fd, is_saving(state)))
+				TH_LOG("data_fd of %s usable after the device was closed",
+				       vfio_mig_state_name(state));
+			if (is_saving(state))
+				EXPECT_NE(0, vfio_mig_precopy_info(fd, &info));
+		}
+
+		ret = vfio_mig_device_open(dev, variant->group);
+		ASSERT_EQ(0, ret) TH_LOG("re-open after closing in %s: %s",
+					 vfio_mig_state_name(state), strerror(-ret));
+		ASSERT_EQ(0, vfio_mig_get_state(dev->fd, &now));
+		EXPECT_OR_MTTY_DEVIATION(now == RUNNING, "closed in %s, re-opened in %s",
+					 vfio_mig_state_name(state), vfio_mig_state_name(now));
+		if (fd >= 0) {
+			EXPECT_EQ(-ENODEV, probe_data_fd(fd, is_saving(state)));
+			EXPECT_EQ(0, close(fd));
+		}
+		ASSERT_EQ(0, to_running(dev));
+
+		/* A new session works */
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &nfd));
+		ASSERT_LE(0, nfd);
+		EXPECT_EQ(1, timed_read(nfd, &byte, 1));
+		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+		ASSERT_EQ(0, close(nfd));
+	}
+	mig_buf_free(&stream);
+}
+
+/* mtty: the scratch register of each port, carried in its migration data */
+#define MTTY_UART_SCR	7
+
+static void mtty_scr(struct __test_metadata *_metadata, struct vfio_mig_device *dev,
+		     int port, u8 *val, bool write)
+{
+	struct vfio_region_info info;
+	ssize_t n;
+
+	ASSERT_EQ(0, region_info(dev->fd, VFIO_PCI_BAR0_REGION_INDEX + port, &info));
+	ASSERT_LE(MTTY_UART_SCR + 1, info.size);
+	if (write)
+		n = pwrite(dev->fd, val, 1, info.offset + MTTY_UART_SCR);
+	else
+		n = pread(dev->fd, val, 1, info.offset + MTTY_UART_SCR);
+	ASSERT_EQ(1, n) TH_LOG("UART scratch register of port %d", port);
+}
+
+TEST_F_TIMEOUT(vfio_migration, save_resume_round_trip, 300)
+{
+	struct vfio_mig_device *a = &self->dev[0], *b = &self->dev[1];
+	struct mig_buf stream = {};
+	u8 scr_a = 0x5a, scr_b = 0xc3, val;
+	size_t precopy;
+	u64 flags_b;
+
+	if (self->nr_devs < 2)
+		SKIP(return, "needs a second device to resume on");
+	ASSERT_EQ(0, vfio_mig_get_flags(b->fd, &flags_b));
+	if (self->mtty) {
+		mtty_scr(_metadata, a, 0, &scr_a, true);
+		mtty_scr(_metadata, b, 0, &scr_b, true);
+	}
+
+	save_qemu_way(_metadata, a, self->flags, self->mtty, &stream, &precopy);
+	TH_LOG("%s %s -> %s %s: %zu bytes, %zu in PRE_COPY", a->driver, a->name,
+	       b->driver, b->name, stream.len, precopy);
+	resume_qemu_way(_metadata, b, stream.data, stream.len);
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, RUNNING, NULL));
+
+	if (self->mtty) {
+		mtty_scr(_metadata, b, 0, &val, false);
+		EXPECT_EQ(scr_a, val) TH_LOG("UART scratch register not migrated");
+	}
+	mig_buf_free(&stream);
+}
+
+/* ------------------------------------------------------------------ */
+/* ivshmem-vfio-pci: its stream, byte for byte                         */
+
+static u64 prng(u64 *s)
+{
+	u64 x = *s;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545f4914f6cdd1dULL;
+}
+
+static void prng_fill(u64 seed, u8 *p, size_t len)
+{
+	u64 s = seed | 1, v;
+	size_t i;
+
+	for (i = 0; i + 8 <= len; i += 8) {
+		v = prng(&s);
+		memcpy(p + i, &v, 8);
+	}
+	for (v = prng(&s); i < len; i++, v >>= 8)
+		p[i] = v;
+}
+
+struct ivshmem_ctx {
+	struct vfio_mig_device dev[2];
+	int nr_open;
+	u64 flags;
+	struct vfio_region_info cfg[2], bar0[2], bar2[2];
+	u8 *mem[2];
+	u64 size;
+	/* what A's BAR2 holds */
+	u8 *expect;
+	u32 intrmask, intrstatus;
+	u64 seed;
+};
+
+static u32 ivshmem_reg(struct __test_metadata *_metadata, struct ivshmem_ctx *c,
+		       int i, u32 reg)
+{
+	u32 val = 0;
+
+	ASSERT_EQ(4, pread(c->dev[i].fd, &val, 4, c->bar0[i].offset + reg));
+	return le32toh(val);
+}
+
+static void ivshmem_set_reg(struct __test_metadata *_metadata, struct ivshmem_ctx *c,
+			    int i, u32 reg, u32 val)
+{
+	val = htole32(val);
+	ASSERT_EQ(4, pwrite(c->dev[i].fd, &val, 4, c->bar0[i].offset + reg));
+}
+
+static u16 config_word(struct __test_metadata *_metadata, struct ivshmem_ctx *c,
+		       int i, u32 reg)
+{
+	u16 val = 0;
+
+	ASSERT_EQ(2, pread(c->dev[i].fd, &val, 2, c->cfg[i].offset + reg));
+	return le16toh(val);
+}
+
+static void ivshmem_setup(struct __test_metadata *_metadata, struct ivshmem_ctx *c)
+{
+	const char *env = getenv("VFIO_MIGRATION_SEED");
+	int i, ret;
+
+	if (nr_devices < 2)
+		SKIP(return, "needs two %s devices", IVSHMEM_DRIVER);
+	for (i = 0; i < 2; i++) {
+		ASSERT_EQ(0, vfio_mig_device_lookup(&c->dev[i], device_names[i]));
+		if (strcmp(c->dev[i].driver, IVSHMEM_DRIVER))
+			SKIP(return, "%s is bound to %s, not %s", c->dev[i].name,
+			     c->dev[i].driver, IVSHMEM_DRIVER);
+	}
+	for (i = 0; i < 2; i++) {
+		struct vfio_mig_device *dev = &c->dev[i];
+
+		ret = vfio_mig_device_open(dev, 0);
+		ASSERT_EQ(0, ret) TH_LOG("opening %s: %s", dev->name, strerror(-ret));
+		c->nr_open++;
+		ret = vfio_mig_get_flags(dev->fd, &c->flags);
+		if (ret)
+			SKIP(return, "%s (%s) does not support migration: %s",
+			     dev->name, dev->driver, strerror(-ret));
+		ASSERT_EQ(0, to_running(dev));
+		ASSERT_EQ(0, region_info(dev->fd, VFIO_PCI_CONFIG_REGION_INDEX, &c->cfg[i]));
+		ASSERT_EQ(0, region_info(dev->fd, VFIO_PCI_BAR0_REGION_INDEX, &c->bar0[i]));
+		ASSERT_EQ(0, region_info(dev->fd, IVSHMEM_BAR2, &c->bar2[i]));
+		ASSERT_LE(8, c->bar0[i].size);
+		ASSERT_TRUE(c->bar2[i].flags & VFIO_REGION_INFO_FLAG_MMAP);
+		c->mem[i] = mmap(NULL, c->bar2[i].size, PROT_READ | PROT_WRITE,
+				 MAP_SHARED, dev->fd, c->bar2[i].offset);
+		ASSERT_NE(MAP_FAILED, c->mem[i]);
+	}
+	c->size = c->bar2[0].size;
+	ASSERT_EQ(c->size, c->bar2[1].size) TH_LOG("BAR2 sizes differ");
+	c->expect = malloc(c->size);
+	ASSERT_NE(NULL, c->expect);
+	c->seed = env ? strtoull(env, NULL, 0) : 0x6976736d656d3031ULL;
+}
+
+static void ivshmem_teardown(struct ivshmem_ctx *c)
+{
+	int i;
+
+	for (i = 0; i < c->nr_open; i++) {
+		if (c->mem[i] && c->mem[i] != MAP_FAILED)
+			munmap(c->mem[i], c->bar2[i].size);
+		to_running(&c->dev[i]);
+		vfio_mig_device_close(&c->dev[i]);
+	}
+	free(c->expect);
+}
+
+/* Write through pwrite() on the region, and mirror it into c->expect. */
+static void ivshmem_pwrite(struct __test_metadata *_metadata, struct ivshmem_ctx *c,
+			   u64 off, size_t len, u64 seed)
+{
+	if (off + len > c->size)
+		return;
+	prng_fill(seed, c->expect + off, len);
+	ASSERT_EQ(len, pwrite(c->dev[0].fd, c->expect + off, len, c->bar2[0].offset + off));
+}
+
+/*
+ * A: a seeded pattern through the mmap, then other patterns through
+ * pwrite() (sub-page, across page and 2 MiB boundaries, the last bytes),
+ * INTRMASK and INTRSTATUS (disjoint bits, so that no INTx is raised).
+ * B: something else everywhere.
+ */
+static void ivshmem_fill(struct __test_metadata *_metadata, struct ivshmem_ctx *c)
+{
+	static const struct { u64 off; size_t len; } ranges[] = {
+		{ 0, 1 }, { 7, 3 }, { 4095, 2 }, { 3 * 4096 + 17, 100 },
+		{ SZ_1M + 4000, 2 * 4096 + 300 }, { SZ_2M - 3, 7 },
+		{ SZ_2M + SZ_1M - 1, 4097 }, { SZ_4M - 4096, 4096 },
+	};
+	u64 s = c->seed;
+	int i;
+
+	TH_LOG("seed %#llx (VFIO_MIGRATION_SEED)", (unsigned long long)c->seed);
+	prng_fill(prng(&s), c->expect, c->size);
+	memcpy(c->mem[0], c->expect, c->size);
+	for (i = 0; i < ARRAY_SIZE(ranges); i++)
+		ivshmem_pwrite(_metadata, c, ranges[i].off, ranges[i].len, prng(&s));
+	ivshmem_pwrite(_metadata, c, c->size - 5, 5, prng(&s));
+	c->intrmask = (prng(&s) & 0x55555555) | 1;
+	c->intrstatus = (prng(&s) & 0xaaaaaaaa) | 2;
+	ivshmem_set_reg(_metadata, c, 0, IVSHMEM_INTRMASK, c->intrmask);
+	ivshmem_set_reg(_metadata, c, 0, IVSHMEM_INTRSTATUS, c->intrstatus);
+
+	memset(c->mem[1], 0xa5, c->size);
+	ivshmem_set_reg(_metadata, c, 1, IVSHMEM_INTRMASK, c->intrmask ^ 4);
+	ivshmem_set_reg(_metadata, c, 1, IVSHMEM_INTRSTATUS, c->intrstatus ^ 8);
+}
+
+static void expect_mem(struct __test_metadata *_metadata, const u8 *have,
+		       const u8 *want, u64 size, const char *what)
+{
+	u64 i, first = 0, bad = 0;
+
+	if (!memcmp(have, want, size))
+		return;
+	for (i = 0; i < size; i++) {
+		if (have[i] != want[i] && !bad++)
+			first = i;
+	}
+	EXPECT_EQ(0, bad) TH_LOG("%s: %llu bytes differ, the first at %#llx", what,
+				 (unsigned long long)bad, (unsigned long long)first);
+}
+
+/* B holds what A held; A's registers were not consumed by saving. */
+static void ivshmem_check(struct __test_metadata *_metadata, struct ivshmem_ctx *c)
+{
+	expect_mem(_metadata, c->mem[1], c->expect, c->size, "B's BAR2");
+	EXPECT_EQ(c->intrmask, ivshmem_reg(_metadata, c, 1, IVSHMEM_INTRMASK));
+	EXPECT_EQ(c->intrstatus, ivshmem_reg(_metadata, c, 1, IVSHMEM_INTRSTATUS));
+}
+
+static void ivshmem_check_source(struct __test_metadata *_metadata, struct ivshmem_ctx *c)
+{
+	expect_mem(_metadata, c->mem[0], c->expect, c->size, "A's BAR2 after saving");
+	EXPECT_EQ(c->intrmask, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK));
+	EXPECT_EQ(c->intrstatus, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRSTATUS))
+		TH_LOG("saving consumed A's INTRSTATUS (reading it clears it)");
+}
+
+struct mig_rec {
+	size_t off;
+	u32 type;
+	u32 flags;
+	u64 length;
+	u64 session;
+};
+
+/* Split @len bytes into records; -EINVAL if the last one is cut short. */
+static int parse_stream(const u8 *p, size_t len, struct mig_rec **recs, int *nr)
+{
+	size_t off = 0;
+	int n = 0;
+
+	*recs = NULL;
+	while (off < len) {
+		struct mig_rec_hdr h;
+		struct mig_rec *r;
+
+		if (len - off < MIG_REC_HDR_SIZE)
+			break;
+		memcpy(&h, p + off, sizeof(h));
+		r = realloc(*recs, (n + 1) * sizeof(*r));
+		if (!r)
+			return -ENOMEM;
+		*recs = r;
+		r += n++;
+		r->off = off;
+		r->type = le32toh(h.type);
+		r->flags = le32toh(h.flags);
+		r->length = le64toh(h.length);
+		r->session = le64toh(h.session);
+		if (r->length > len - off - MIG_REC_HDR_SIZE)
+			break;
+		off += MIG_REC_HDR_SIZE + r->length;
+	}
+	*nr = n;
+	return off == len ? 0 : -EINVAL;
+}
+
+static const u8 *rec_payload(const u8 *stream, const struct mig_rec *r)
+{
+	return stream + r->off + MIG_REC_HDR_SIZE;
+}
+
+static u64 get_le64(const u8 *p)
+{
+	u64 v;
+
+	memcpy(&v, p, 8);
+	return le64toh(v);
+}
+
+static u32 get_le32(const u8 *p)
+{
+	u32 v;
+
+	memcpy(&v, p, 4);
+	return le32toh(v);
+}
+
+static void put_le64(u8 *p, u64 v)
+{
+	v = htole64(v);
+	memcpy(p, &v, 8);
+}
+
+static void put_le32(u8 *p, u32 v)
+{
+	v = htole32(v);
+	memcpy(p, &v, 4);
+}
+
+FIXTURE(ivshmem_vfio_pci) {
+	struct ivshmem_ctx c;
+};
+
+FIXTURE_SETUP(ivshmem_vfio_pci)
+{
+	ivshmem_setup(_metadata, &self->c);
+}
+
+FIXTURE_TEARDOWN(ivshmem_vfio_pci)
+{
+	ivshmem_teardown(&self->c);
+}
+
+TEST_F_TIMEOUT(ivshmem_vfio_pci, migrate_bar2_and_registers, 600)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct mig_buf stream = {};
+	size_t precopy;
+
+	ivshmem_fill(_metadata, c);
+	save_qemu_way(_metadata, &c->dev[0], c->flags, false, &stream, &precopy);
+	resume_qemu_way(_metadata, &c->dev[1], stream.data, stream.len);
+	ivshmem_check(_metadata, c);
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
+	ivshmem_check_source(_metadata, c);
+	mig_buf_free(&stream);
+}
+
+TEST_F_TIMEOUT(ivshmem_vfio_pci, migrate_writes_during_precopy, 600)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_precopy_info info;
+	struct mig_buf stream = {};
+	int fd, nfd, ret;
+	u64 n, s = ~c->seed;
+
+	if (!(c->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "no PRE_COPY");
+	ivshmem_fill(_metadata, c);
+	reach_state(_metadata, &c->dev[0], PRE_COPY, NULL, 0, &fd);
+	ret = read_available(fd, &stream, &n);
+	EXPECT_EQ(-ENOMSG, ret);
+
+	/* The guest goes on writing: through the mmap and through pwrite() */
+	prng_fill(prng(&s), c->expect + SZ_1M, SZ_1M);
+	memcpy(c->mem[0] + SZ_1M, c->expect + SZ_1M, SZ_1M);
+	c->expect[5] ^= 0xff;
+	c->mem[0][5] = c->expect[5];
+	c->expect[c->size - 4097] ^= 0x11;
+	c->mem[0][c->size - 4097] = c->expect[c->size - 4097];
+	ivshmem_pwrite(_metadata, c, 3 * 4096 - 2, 5, prng(&s));
+	ivshmem_pwrite(_metadata, c, c->size / 2 + 100, 3000, prng(&s));
+	c->intrmask ^= 0x10;
+	ivshmem_set_reg(_metadata, c, 0, IVSHMEM_INTRMASK, c->intrmask);
+
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	TH_LOG("after the writes: initial_bytes %llu, dirty_bytes %llu",
+	       (unsigned long long)info.initial_bytes, (unsigned long long)info.dirty_bytes);
+	ret = read_available(fd, &stream, &n);
+	EXPECT_EQ(-ENOMSG, ret);
+	if (c->flags & VFIO_MIGRATION_P2P)
+		ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, PRE_COPY_P2P, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP_COPY, &nfd));
+	EXPECT_EQ(-1, nfd);
+	ASSERT_EQ(0, read_available(fd, &stream, &n));
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP, NULL));
+	ASSERT_EQ(0, close(fd));
+
+	resume_qemu_way(_metadata, &c->dev[1], stream.data, stream.len);
+	ivshmem_check(_metadata, c);
+	mig_buf_free(&stream);
+}
+
+TEST_F_TIMEOUT(ivshmem_vfio_pci, stream_format, 600)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct mig_buf stream = {}, fresh = {};
+	struct mig_rec *recs, *frecs;
+	int nr, fnr, i, regs = 0;
+	size_t precopy;
+	const u8 *p;
+	u8 *image;
+	u64 data_size;
+
+	ivshmem_fill(_metadata, c);
+	save_qemu_way(_metadata, &c->dev[0], c->flags, false, &stream, &precopy);
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
+	ASSERT_EQ(0, parse_stream(stream.data, stream.len, &recs, &nr))
+		TH_LOG("the stream does not split into whole records");
+	ASSERT_LE(3, nr);
+
+	/* HEADER: first, magic, version, identity */
+	ASSERT_EQ(MIG_REC_HEADER, recs[0].type);
+	ASSERT_EQ(MIG_HEADER_LEN, recs[0].length);
+	p = rec_payload(stream.data, &recs[0]);
+	EXPECT_EQ(0, memcmp(p, MIG_MAGIC, 8));
+	EXPECT_EQ(MIG_VERSION, get_le32(p + 8));
+	EXPECT_EQ(MIG_IDENTITY_LEN, get_le32(p + 12));
+	p += 16;
+	EXPECT_EQ(config_word(_metadata, c, 0, PCI_VENDOR_ID), get_le32(p) & 0xffff);
+	EXPECT_EQ(config_word(_metadata, c, 0, PCI_DEVICE_ID), get_le32(p) >> 16);
+	EXPECT_EQ(config_word(_metadata, c, 0, PCI_SUBSYSTEM_VENDOR_ID), get_le32(p + 4) & 0xffff);
+	EXPECT_EQ(config_word(_metadata, c, 0, PCI_SUBSYSTEM_ID), get_le32(p + 4) >> 16);
+	EXPECT_EQ(c->size, get_le64(p + 8));
+	EXPECT_NE(0, recs[0].session);
+
+	/* Replaying the MEM records gives BAR2 back */
+	image = calloc(1, c->size);
+	ASSERT_NE(NULL, image);
+	for (i = 1; i < nr; i++) {
+		const struct mig_rec *r = &recs[i];
+		u64 off, len;
+
+		EXPECT_EQ(recs[0].session, r->session) TH_LOG("record %d", i);
+		if (r->off < precopy)
+			EXPECT_EQ(MIG_REC_MEM, r->type) TH_LOG("PRE_COPY record %d", i);
+		if (i == nr - 1)
+			ASSERT_EQ(MIG_REC_END, r->type) TH_LOG("last record");
+		switch (r->type) {
+		case MIG_REC_MEM:
+			ASSERT_LE(8, r->length);
+			ASSERT_GE(MIG_MEM_MAX_DATA + 8, r->length);
+			off = get_le64(rec_payload(stream.data, r));
+			len = r->length - 8;
+			ASSERT_GE(c->size, off);
+			ASSERT_GE(c->size - off, len);
+			memcpy(image + off, rec_payload(stream.data, r) + 8, len);
+			break;
+		case MIG_REC_REGS:
+			regs++;
+			ASSERT_EQ(8, r->length);
+			EXPECT_EQ(c->intrmask, get_le32(rec_payload(stream.data, r)));
+			EXPECT_EQ(c->intrstatus, get_le32(rec_payload(stream.data, r) + 4));
+			break;
+		case MIG_REC_END:
+			EXPECT_EQ(nr - 1, i) TH_LOG("END is not last");
+			ASSERT_EQ(MIG_END_LEN, r->length);
+			EXPECT_EQ(i, get_le64(rec_payload(stream.data, r)));
+			EXPECT_EQ(r->off, get_le64(rec_payload(stream.data, r) + 8));
+			break;
+		default:
+			EXPECT_TRUE(r->flags & MIG_REC_OPTIONAL)
+				TH_LOG("unknown mandatory record type %#x", r->type);
+		}
+	}
+	EXPECT_EQ(1, regs);
+	expect_mem(_metadata, image, c->expect, c->size, "BAR2 replayed from the stream");
+	free(image);
+
+	/* A session started in STOP_COPY: its own id, MIG_DATA_SIZE bytes */
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_get_data_size(c->dev[0].fd, &data_size));
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
+	save_stop_copy(_metadata, &c->dev[0], &fresh);
+	ASSERT_EQ(0, parse_stream(fresh.data, fresh.len, &frecs, &fnr));
+	EXPECT_NE(recs[0].session, frecs[0].session) TH_LOG("two sessions, one id");
+	EXPECT_EQ(MIG_REC_END, frecs[fnr - 1].type);
+	EXPECT_EQ(data_size, fresh.len);
+	free(recs);
+	free(frecs);
+	mig_buf_free(&stream);
+	mig_buf_free(&fresh);
+}
+
+/* A stream to write: pieces of a valid stream and of new records. */
+struct stream_builder {
+	struct { const u8 *p; size_t len; } seg[32];
+	int nseg;
+	u64 bytes;
+	u64 records;
+};
+
+static void sb_put(struct stream_builder *b, const void *p, size_t len, int records)
+{
+	if (b->nseg == ARRAY_SIZE(b->seg))
+		abort();
+	b->seg[b->nseg].p = p;
+	b->seg[b->nseg++].len = len;
+	b->bytes += len;
+	b->records += records;
+}
+
+/* Records @first..@last of @s as they are */
+static void sb_recs(struct stream_builder *b, const u8 *s, const struct mig_rec *recs,
+		    int first, int last)
+{
+	if (last < first)
+		return;
+	sb_put(b, s + recs[first].off,
+	       recs[last].off + MIG_REC_HDR_SIZE + recs[last].length - recs[first].off,
+	       last - first + 1);
+}
+
+/* A new record; its header says @length, @plen payload bytes follow. */
+static u8 *sb_new(struct stream_builder *b, u32 type, u32 flags, u64 length,
+		  u64 session, const void *payload, size_t plen)
+{
+	u8 *r = calloc(1, MIG_REC_HDR_SIZE + plen);
+
+	if (!r)
+		abort();
+	put_le32(r, type);
+	put_le32(r + 4, flags);
+	put_le64(r + 8, length);
+	put_le64(r + 16, session);
+	if (payload)
+		memcpy(r + MIG_REC_HDR_SIZE, payload, plen);
+	sb_put(b, r, MIG_REC_HDR_SIZE + plen, 1);
+	return r;
+}
+
+/* A copy of record @r of @s, to be changed. */
+static u8 *sb_copy(struct stream_builder *b, const u8 *s, const struct mig_rec *r)
+{
+	return sb_new(b, r->type, r->flags, r->length, r->session,
+		      rec_payload(s, r), r->length);
+}
+
+/* END with counts that match what was added, plus deltas */
+static void sb_end(struct stream_builder *b, u64 session, int drecords, int dbytes)
+{
+	u8 payload[MIG_END_LEN];
+
+	put_le64(payload, b->records + drecords);
+	put_le64(payload + 8, b->bytes + dbytes);
+	sb_new(b, MIG_REC_END, 0, MIG_END_LEN, session, payload, MIG_END_LEN);
+}
+
+enum corruption {
+	BAD_MAGIC,
+	BAD_VERSION,
+	WRONG_IDENTITY,
+	UNKNOWN_MANDATORY_RECORD,
+	UNKNOWN_OPTIONAL_RECORD,
+	MEM_OFFSET_PAST_END,
+	MEM_RANGE_CROSSES_END,
+	MEM_OFFSET_LENGTH_OVERFLOW,
+	OVERSIZED_LENGTH,
+	MEM_RECORD_TOO_SHORT,
+	TRUNCATED_NO_END,
+	TRUNCATED_IN_RECORD,
+	TRUNCATED_IN_HEADER,
+	SECOND_HEADER,
+	RECORD_AFTER_END,
+	FOREIGN_SESSION_RECORD,
+	END_WRONG_RECORD_COUNT,
+	END_WRONG_BYTE_COUNT,
+};
+
+enum resume_outcome {
+	/* The stream is valid: resume succeeds, B holds A's state */
+	ACCEPTED,
+	/* A write() or RESUMING -> STOP fails */
+	REJECTED,
+	/* Every write() succeeds, RESUMING -> STOP fails */
+	REJECTED_AT_STOP,
+};
+
+FIXTURE(ivshmem_vfio_pci_resume) {
+	struct ivshmem_ctx c;
+	/* A session of A started in STOP_COPY, and the start of another */
+	struct mig_buf stream, foreign;
+	struct mig_rec *recs, *frecs;
+	int nr, fnr;
+};
+
+FIXTURE_VARIANT(ivshmem_vfio_pci_resume) {
+	enum corruption corruption;
+	enum resume_outcome outcome;
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, bad_magic) {
+	.corruption = BAD_MAGIC,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, bad_version) {
+	.corruption = BAD_VERSION,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, wrong_identity) {
+	.corruption = WRONG_IDENTITY,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, unknown_mandatory_record) {
+	.corruption = UNKNOWN_MANDATORY_RECORD,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, unknown_optional_record) {
+	.corruption = UNKNOWN_OPTIONAL_RECORD,
+	.outcome = ACCEPTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, mem_offset_past_end) {
+	.corruption = MEM_OFFSET_PAST_END,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, mem_range_crosses_end) {
+	.corruption = MEM_RANGE_CROSSES_END,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, mem_offset_length_overflow) {
+	.corruption = MEM_OFFSET_LENGTH_OVERFLOW,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, oversized_length) {
+	.corruption = OVERSIZED_LENGTH,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, mem_record_too_short) {
+	.corruption = MEM_RECORD_TOO_SHORT,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, truncated_no_end) {
+	.corruption = TRUNCATED_NO_END,
+	.outcome = REJECTED_AT_STOP,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, truncated_in_record) {
+	.corruption = TRUNCATED_IN_RECORD,
+	.outcome = REJECTED_AT_STOP,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, truncated_in_header) {
+	.corruption = TRUNCATED_IN_HEADER,
+	.outcome = REJECTED_AT_STOP,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, second_header) {
+	.corruption = SECOND_HEADER,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, record_after_end) {
+	.corruption = RECORD_AFTER_END,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, foreign_session_record) {
+	.corruption = FOREIGN_SESSION_RECORD,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, end_wrong_record_count) {
+	.corruption = END_WRONG_RECORD_COUNT,
+	.outcome = REJECTED,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_resume, end_wrong_byte_count) {
+	.corruption = END_WRONG_BYTE_COUNT,
+	.outcome = REJECTED,
+};
+
+FIXTURE_SETUP(ivshmem_vfio_pci_resume)
+{
+	struct ivshmem_ctx *c = &self->c;
+	int fd, ret;
+	u64 n;
+
+	ivshmem_setup(_metadata, c);
+	if (_metadata->exit_code)
+		return;
+	ivshmem_fill(_metadata, c);
+	save_stop_copy(_metadata, &c->dev[0], &self->stream);
+	ASSERT_EQ(0, parse_stream(self->stream.data, self->stream.len, &self->recs,
+				  &self->nr));
+	ASSERT_LE(4, self->nr);
+	ASSERT_EQ(MIG_REC_HEADER, self->recs[0].type);
+	ASSERT_EQ(MIG_REC_MEM, self->recs[1].type);
+	ASSERT_EQ(MIG_REC_END, self->recs[self->nr - 1].type);
+
+	/* The HEADER and first MEM record of another session */
+	reach_state(_metadata, &c->dev[0], STOP_COPY, NULL, 0, &fd);
+	do {
+		mig_buf_reserve(&self->foreign, SZ_1M);
+		ret = timed_read(fd, self->foreign.data + self->foreign.len, SZ_1M);
+		ASSERT_LT(0, ret);
+		self->foreign.len += ret;
+		free(self->frecs);
+		parse_stream(self->foreign.data, self->foreign.len, &self->frecs, &self->fnr);
+	} while (self->fnr < 3);
+	n = self->frecs[2].off;
+	self->foreign.len = n;
+	self->fnr = 2;
+	ASSERT_EQ(MIG_REC_MEM, self->frecs[1].type);
+	ASSERT_NE(self->recs[0].session, self->frecs[0].session);
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+}
+
+FIXTURE_TEARDOWN(ivshmem_vfio_pci_resume)
+{
+	ivshmem_teardown(&self->c);
+	mig_buf_free(&self->stream);
+	mig_buf_free(&self->foreign);
+	free(self->recs);
+	free(self->frecs);
+}
+
+TEST_F_TIMEOUT(ivshmem_vfio_pci_resume, corrupt_stream, 600)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_mig_device *b = &c->dev[1];
+	const struct mig_rec *recs = self->recs, *mem = &self->recs[1];
+	const u8 *s = self->stream.data;
+	int nr = self->nr, end = nr - 1, last_mem = 1;
+	u64 session = recs[0].session;
+	struct stream_builder sb = {};
+	u8 *r, zeros[16] = {};
+	int i, fd, ret, werr = 0, again = 0;
+	u32 state;
+
+	for (i = 1; i < end; i++) {
+		if (recs[i].type == MIG_REC_MEM)
+			last_mem = i;
+	}
+
+	switch (variant->corruption) {
+	case BAD_MAGIC:
+	case BAD_VERSION:
+	case WRONG_IDENTITY:
+		r = sb_copy(&sb, s, &recs[0]) + MIG_REC_HDR_SIZE;
+		if (variant->corruption == BAD_MAGIC)
+			r[0] ^= 0xff;
+		else if (variant->corruption == BAD_VERSION)
+			put_le32(r + 8, MIG_VERSION + 1);
+		else
+			put_le64(r + 16 + 8, c->size * 2);
+		sb_recs(&sb, s, recs, 1, end);
+		break;
+	case UNKNOWN_MANDATORY_RECORD:
+	case UNKNOWN_OPTIONAL_RECORD:
+		sb_recs(&sb, s, recs, 0, 0);
+		sb_new(&sb, 0x7ff0, variant->corruption == UNKNOWN_OPTIONAL_RECORD ?
+		       MIG_REC_OPTIONAL : 0, sizeof(zeros), session, zeros, sizeof(zeros));
+		sb_recs(&sb, s, recs, 1, end - 1);
+		sb_end(&sb, session, 0, 0);
+		break;
+	case MEM_OFFSET_PAST_END:
+	case MEM_RANGE_CROSSES_END:
+	case MEM_OFFSET_LENGTH_OVERFLOW:
+	case OVERSIZED_LENGTH: {
+		u64 len = mem->length - 8;
+
+		/* The first MEM record (recs[1]) with a new header and offset */
+		sb_recs(&sb, s, recs, 0, 0);
+		r = sb_new(&sb, MIG_REC_MEM, mem->flags, mem->length, session,
+			   rec_payload(s, mem), 8);
+		if (variant->corruption == MEM_OFFSET_PAST_END)
+			put_le64(r + MIG_REC_HDR_SIZE, c->size);
+		else if (variant->corruption == MEM_RANGE_CROSSES_END)
+			put_le64(r + MIG_REC_HDR_SIZE, c->size - len / 2);
+		else if (variant->corruption == MEM_OFFSET_LENGTH_OVERFLOW)
+			put_le64(r + MIG_REC_HDR_SIZE, ~0ULL - len / 2);
+		else
+			put_le64(r + 8, 1ULL << 40);
+		sb_put(&sb, rec_payload(s, mem) + 8, len, 0);
+		sb_recs(&sb, s, recs, 2, end);
+		break;
+	}
+	case MEM_RECORD_TOO_SHORT:
+		sb_recs(&sb, s, recs, 0, 0);
+		sb_new(&sb, MIG_REC_MEM, 0, 4, session, zeros, 4);
+		sb_recs(&sb, s, recs, 1, end - 1);
+		sb_end(&sb, session, 0, 0);
+		break;
+	case TRUNCATED_NO_END:
+		sb_recs(&sb, s, recs, 0, end - 1);
+		break;
+	case TRUNCATED_IN_RECORD:
+		sb_recs(&sb, s, recs, 0, last_mem - 1);
+		sb_put(&sb, s + recs[last_mem].off,
+		       MIG_REC_HDR_SIZE + recs[last_mem].length / 2, 1);
+		break;
+	case TRUNCATED_IN_HEADER:
+		sb_recs(&sb, s, recs, 0, end - 1);
+		sb_put(&sb, s + recs[end].off, MIG_REC_HDR_SIZE / 2, 1);
+		break;
+	case SECOND_HEADER:
+		sb_recs(&sb, s, recs, 0, 1);
+		sb_recs(&sb, s, recs, 0, 0);
+		sb_recs(&sb, s, recs, 2, end - 1);
+		sb_end(&sb, session, 0, 0);
+		break;
+	case RECORD_AFTER_END:
+		sb_recs(&sb, s, recs, 0, end);
+		sb_recs(&sb, s, recs, 1, 1);
+		break;
+	case FOREIGN_SESSION_RECORD:
+		sb_recs(&sb, s, recs, 0, 0);
+		sb_recs(&sb, self->foreign.data, self->frecs, 1, 1);
+		sb_recs(&sb, s, recs, 2, end - 1);
+		sb_end(&sb, session, 0, 0);
+		break;
+	case END_WRONG_RECORD_COUNT:
+	case END_WRONG_BYTE_COUNT:
+		sb_recs(&sb, s, recs, 0, end - 1);
+		if (variant->corruption == END_WRONG_RECORD_COUNT)
+			sb_end(&sb, session, 1, 0);
+		else
+			sb_end(&sb, session, 0, 1);
+		break;
+	}
+
+	/* B: RUNNING -> STOP -> RESUMING, write until the first failure */
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, RESUMING, &fd));
+	ASSERT_LE(0, fd);
+	for (i = 0; i < sb.nseg && !werr; i++) {
+		size_t done;
+
+		werr = write_stream(fd, sb.seg[i].p, sb.seg[i].len, &done);
+		if (werr)
+			again = timed_write(fd, sb.seg[i].p + done, sb.seg[i].len - done);
+	}
+	ret = vfio_mig_set_state(b->fd, STOP, NULL);
+
+	if (variant->outcome == ACCEPTED) {
+		EXPECT_EQ(0, werr) TH_LOG("write(): %s", strerror(-werr));
+		ASSERT_EQ(0, ret) TH_LOG("RESUMING -> STOP: %s", strerror(-ret));
+		ASSERT_EQ(0, vfio_mig_set_state(b->fd, RUNNING, NULL));
+		ivshmem_check(_metadata, c);
+		ASSERT_EQ(0, close(fd));
+		return;
+	}
+
+	TH_LOG("write(): %s; RESUMING -> STOP: %s", werr ? strerror(-werr) : "ok",
+	       ret ? strerror(-ret) : "ok");
+	if (variant->outcome == REJECTED_AT_STOP)
+		EXPECT_EQ(0, werr) TH_LOG("a write() of a valid prefix failed");
+	if (werr)
+		EXPECT_GT(0, again) TH_LOG("a write() after the failed one succeeded");
+	EXPECT_NE(0, ret) TH_LOG("RESUMING -> STOP accepted the stream");
+	ASSERT_EQ(0, vfio_mig_get_state(b->fd, &state));
+	if (ret)
+		EXPECT_TRUE(state == RESUMING || state == VFIO_DEVICE_STATE_ERROR)
+			TH_LOG("in %s after the failed RESUMING -> STOP",
+			       vfio_mig_state_name(state));
+
+	/* B recovers: reset, then a clean resume */
+	ASSERT_EQ(0, vfio_mig_reset(b->fd));
+	ASSERT_STATE(b, RUNNING);
+	EXPECT_EQ(-ENODEV, probe_data_fd(fd, false));
+	ASSERT_EQ(0, close(fd));
+	resume_qemu_way(_metadata, b, self->stream.data, self->stream.len);
+	ivshmem_check(_metadata, c);
+}
+
+/* ------------------------------------------------------------------ */
+
+static bool is_device_name(const char *s)
+{
+	unsigned int seg, bus, dev, fn;
+	int i, len = -1;
+
+	if (sscanf(s, "%4x:%2x:%2x.%1x%n", &seg, &bus, &dev, &fn, &len) == 4 &&
+	    len == strlen(s))
+		return true;
+	if (strlen(s) != 36)
+		return false;
+	for (i = 0; i < 36; i++) {
+		if (i == 8 || i == 13 || i == 18 || i == 23 ? s[i] != '-' : !isxdigit(s[i]))
+			return false;
+	}
+	return true;
+}
+
+int main(int argc, char *argv[])
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	struct vfio_mig_device dev;
+	int i;
+
+	while (nr_devices < 2 && argc > 1 && is_device_name(argv[argc - 1])) {
+		nr_devices++;
+		argc--;
+	}
+	for (i = 0; i < nr_devices; i++)
+		device_names[i] = argv[argc + i];
+	if (!nr_devices && getenv("VFIO_SELFTESTS_BDF")) {
+		device_names[0] = getenv("VFIO_SELFTESTS_BDF");
+		nr_devices = 1;
+	}
+	if (!nr_devices && argc == 2 && (!strcmp(argv[1], "-l") || !strcmp(argv[1], "-h")))
+		return test_harness_run(argc, argv);
+	if (!nr_devices) {
+		fprintf(stderr, "usage: %s [harness options] DEVICE_A [DEVICE_B]\n"
+			"  DEVICE: PCI BDF (segment:bus:device.function) or mdev UUID\n",
+			argv[0]);
+		return KSFT_SKIP;
+	}
+	for (i = 0; i < nr_devices; i++) {
+		if (vfio_mig_device_lookup(&dev, device_names[i]))
+			ksft_exit_fail_msg("%s: no such PCI device or mdev\n", device_names[i]);
+		printf("# device %c: %s (%s)\n", 'A' + i, dev.name, dev.driver);
+	}
+	sigaction(SIGALRM, &sa, NULL);
+	return test_harness_run(argc, argv);
+}
