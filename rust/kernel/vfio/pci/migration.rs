@@ -811,7 +811,7 @@ impl<T: Driver> ResumeFile<T> {
     /// Parses the bytes of one `write()` and hands complete records to the driver.
     fn consume(&self, r: &mut StreamReader, inp: &mut UserSliceReader) -> Result<usize> {
         let mut done = 0;
-        while inp.len() > 0 {
+        while !inp.is_empty() {
             let buf = r.buffer()?;
             let n = buf.len().min(inp.len());
             // The user copy runs with the I/O lock only, see the module documentation.
