@@ -21,6 +21,7 @@ use crate::{
     fmt, //
 };
 
+pub mod dirty;
 pub mod migration;
 #[cfg(CONFIG_VFIO_PCI_CORE)]
 pub mod pci;

@@ -119,12 +119,21 @@ use crate::{
         to_result,
         VTABLE_DEFAULT_ERROR, //
     },
-    mm::virt::VmaNew,
+    mm::virt::{
+        VmaNew,
+        VmaRef, //
+    },
     pci,
     prelude::*,
     sync::aref::{
         ARef,
         AlwaysRefCounted, //
+    },
+    sync::atomic::{
+        Acquire,
+        Atomic,
+        Full,
+        Release, //
     },
     types::Opaque,
     vfio::{
@@ -234,6 +243,11 @@ pub struct Device<T: Driver, C: DeviceContext = Normal> {
     core: Opaque<bindings::vfio_pci_core_device>,
     pdev: ARef<pci::Device>,
     mig: migration::MigCtl<T>,
+    /// The `vm_operations_struct` `vfio_pci_core_mmap()` installs, which the write-notifying
+    /// wrapper delegates to (see [`Driver::bar_mmap_write`]).
+    core_vm_ops: Atomic<usize>,
+    /// DMA logging was started and not stopped (with [`Driver::NO_DMA`]).
+    dma_logging: Atomic<bool>,
     data: T::Data,
     _ctx: PhantomData<C>,
 }
@@ -275,6 +289,12 @@ impl<T: Driver> Device<T> {
         // initialised yet and is written exactly once.
         unsafe { (&raw mut (*this.as_ptr()).pdev).write(pdev.into()) };
 
+        // SAFETY: `core_vm_ops` is uninitialised memory inside the allocation, written once.
+        unsafe { (&raw mut (*this.as_ptr()).core_vm_ops).write(Atomic::new(0)) };
+
+        // SAFETY: As above.
+        unsafe { (&raw mut (*this.as_ptr()).dma_logging).write(Atomic::new(false)) };
+
         // SAFETY: `mig` is uninitialised memory inside the allocation, which never moves; it is
         // only dropped in `release` or below.
         if let Err(e) = unsafe {
@@ -313,6 +333,11 @@ impl<T: Driver> Device<T> {
                 (*vdev.as_ptr()).mig_ops = mig_ops;
                 (*vdev.as_ptr()).migration_flags = Ops::<T>::MIGRATION_FLAGS.bits();
             }
+        }
+
+        if T::NO_DMA {
+            // SAFETY: The device is still private to this function.
+            unsafe { (*vdev.as_ptr()).log_ops = Ops::<T>::LOG_OPS_REF };
         }
 
         // Stage 4: from now on `release` drops the Rust fields.
@@ -471,6 +496,167 @@ impl<T: Driver> Device<T, Open> {
             len,
             _dev: PhantomData,
         })
+    }
+}
+
+impl<T: Driver> Device<T, Open> {
+    /// Unmaps bytes `offset..offset + len` of BAR `bar` from every user mapping of the device,
+    /// so that the next access faults again (and, with [`Driver::bar_mmap_write`], the next
+    /// write notifies again).
+    pub fn zap_bar(&self, bar: u32, offset: u64, len: u64) -> Result {
+        if bar >= 6 {
+            return Err(EINVAL);
+        }
+        let start = (u64::from(bar) << bindings::VFIO_PCI_OFFSET_SHIFT)
+            .checked_add(offset)
+            .ok_or(EINVAL)?;
+        let start = i64::try_from(start)?;
+        let len = i64::try_from(len)?;
+        // SAFETY: The device is registered, so its inode (whose mapping every `mmap()` of the
+        // device shares) is valid.
+        unsafe {
+            let inode = (*self.as_vdev_raw()).inode;
+            bindings::unmap_mapping_range((*inode).i_mapping, start, len, 1);
+        }
+        Ok(())
+    }
+}
+
+/// The `vm_operations_struct` of write-notifying BAR mappings, see [`Driver::bar_mmap_write`].
+struct TrackOps<T: Driver>(PhantomData<T>);
+
+impl<T: Driver> TrackOps<T> {
+    const VM_OPS: bindings::vm_operations_struct = bindings::vm_operations_struct {
+        fault: Some(Self::fault),
+        huge_fault: Some(Self::huge_fault),
+        pfn_mkwrite: Some(Self::pfn_mkwrite),
+        ..pin_init::zeroed()
+    };
+
+    const VM_OPS_REF: &'static bindings::vm_operations_struct = &Self::VM_OPS;
+
+    /// Returns the device of a fault and the operations `vfio-pci-core` installed.
+    ///
+    /// # Safety
+    ///
+    /// `vmf` must be a fault on a mapping set up by [`Ops::mmap`] with these operations.
+    unsafe fn device<'a>(
+        vmf: *mut bindings::vm_fault,
+    ) -> (&'a Device<T>, &'a bindings::vm_operations_struct) {
+        // SAFETY: By the safety requirements, `vmf` is a valid fault whose mapping's private
+        // data is the `struct vfio_pci_core_device` (set by `vfio_pci_core_mmap()`), at offset
+        // 0 of a `Device<T>`; the mapping's file keeps the device alive during the fault.
+        let dev = unsafe {
+            let vma = (*vmf).__bindgen_anon_1.vma;
+            Device::<T>::from_vdev((*vma).vm_private_data.cast())
+        };
+        let ops = dev.core_vm_ops.load(Acquire) as *const bindings::vm_operations_struct;
+        // SAFETY: Stored by `mmap` before these operations were installed; it points to
+        // `vfio-pci-core`'s static table, which outlives the device.
+        (dev, unsafe { &*ops })
+    }
+
+    unsafe extern "C" fn fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+        // SAFETY: Called by the mm core for a fault on a mapping with these operations.
+        let (dev, core) = unsafe { Self::device(vmf) };
+        // SAFETY: `vmf` is valid for the duration of the call.
+        if unsafe { (*vmf).flags } & bindings::fault_flag_FAULT_FLAG_WRITE != 0 {
+            // SAFETY: As above; a write fault on a page that is not mapped.
+            return unsafe { Self::write_fault(dev, vmf) };
+        }
+        match core.fault {
+            // SAFETY: Delegating the same fault to the operations of the mapping's creator.
+            Some(f) => unsafe { f(vmf) },
+            None => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
+        }
+    }
+
+    unsafe extern "C" fn huge_fault(
+        vmf: *mut bindings::vm_fault,
+        order: c_uint,
+    ) -> bindings::vm_fault_t {
+        // SAFETY: Called by the mm core for a fault on a mapping with these operations.
+        let (_, core) = unsafe { Self::device(vmf) };
+        // SAFETY: `vmf` is valid for the duration of the call.
+        let write = unsafe { (*vmf).flags } & bindings::fault_flag_FAULT_FLAG_WRITE != 0;
+        match core.huge_fault {
+            // Writes go through pages, which notify on the first write; huge mappings would not.
+            _ if order > 0 && write => bindings::vm_fault_reason_VM_FAULT_FALLBACK,
+            // SAFETY: Delegating the same fault to the operations of the mapping's creator.
+            Some(f) => unsafe { f(vmf, order) },
+            None => bindings::vm_fault_reason_VM_FAULT_FALLBACK,
+        }
+    }
+
+    /// A write to a page that is not mapped: notify, then map it writable.
+    ///
+    /// `vfio-pci-core`'s handler would map it read-only (the mapping's protection is
+    /// write-protected) and leave the write to a second, write-protect fault; callers that fault
+    /// pages in for writing without touching them, like the type1 IOMMU driver pinning a BAR for
+    /// peer-to-peer DMA, would then find it read-only. This does what that handler does, with the
+    /// mapping's writable protection.
+    ///
+    /// # Safety
+    ///
+    /// `vmf` must be a write fault on a mapping of `dev` with these operations.
+    unsafe fn write_fault(dev: &Device<T>, vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+        let sigbus = bindings::vm_fault_reason_VM_FAULT_SIGBUS;
+        // SAFETY: `vmf` is valid for the duration of the call.
+        let (vma, pgoff, address) = unsafe {
+            let f = &(*vmf).__bindgen_anon_1;
+            (f.vma, f.pgoff as u64, f.address)
+        };
+        let shift = bindings::VFIO_PCI_OFFSET_SHIFT - bindings::PAGE_SHIFT;
+        // CAST: The region index is below 2^24.
+        let bar = (pgoff >> shift) as u32;
+        let page = pgoff & ((1 << shift) - 1);
+        let Ok(start) = dev.pci_dev().resource_start(bar) else {
+            return sigbus;
+        };
+        let pfn = (start >> bindings::PAGE_SHIFT) + page;
+
+        T::bar_mmap_write(dev, bar, page << bindings::PAGE_SHIFT);
+
+        let core = dev.as_core_raw();
+        // SAFETY: The device is open (the mapping holds its file); `memory_lock` is initialised.
+        unsafe { bindings::down_read(&raw mut (*core).memory_lock) };
+        // SAFETY: `memory_lock` is held, as both fields require.
+        let ret = if unsafe {
+            (*core).pm_runtime_engaged || !bindings::__vfio_pci_memory_enabled(core)
+        } {
+            sigbus
+        } else {
+            // SAFETY: `vma` is the faulting mapping, stable during the fault (the mmap lock or the
+            // VMA lock is held); `pfn` is a page of BAR `bar`, which `vfio_pci_core_mmap()`
+            // checked the mapping stays within.
+            unsafe {
+                let flags = VmaRef::from_raw(vma).flags();
+                let prot =
+                    bindings::pgprot_modify((*vma).vm_page_prot, bindings::vm_get_page_prot(flags));
+                bindings::vmf_insert_pfn_prot(
+                    vma,
+                    address & !((1 << bindings::PAGE_SHIFT) - 1),
+                    pfn as c_ulong,
+                    prot,
+                )
+            }
+        };
+        // SAFETY: Taken above.
+        unsafe { bindings::up_read(&raw mut (*core).memory_lock) };
+        ret
+    }
+
+    unsafe extern "C" fn pfn_mkwrite(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+        // SAFETY: Called by the mm core for a write fault on a mapping with these operations.
+        let (dev, _) = unsafe { Self::device(vmf) };
+        // SAFETY: `vmf` is valid for the duration of the call.
+        let pgoff = unsafe { (*vmf).__bindgen_anon_1.pgoff } as u64;
+        let shift = bindings::VFIO_PCI_OFFSET_SHIFT - bindings::PAGE_SHIFT;
+        // CAST: The region index is below 2^24.
+        let bar = (pgoff >> shift) as u32;
+        let offset = (pgoff & ((1 << shift) - 1)) << bindings::PAGE_SHIFT;
+        T::bar_mmap_write(dev, bar, offset);
+        0
     }
 }
 
@@ -656,6 +842,13 @@ pub trait Driver: Sized + 'static {
     /// Its entries should be built with [`pci::DeviceId::from_id_vfio_override`].
     const ID_TABLE: pci::IdTable<Self::IdInfo>;
 
+    /// The device never writes to memory by DMA (it is not a bus master).
+    ///
+    /// Then the device supports DMA dirty logging (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`) and
+    /// truthfully reports nothing dirty, so that a VMM without IOMMU dirty tracking need not
+    /// refuse to migrate it.
+    const NO_DMA: bool = false;
+
     /// Called when the driver is bound to a PCI device; returns the initialiser of the driver's
     /// data.
     ///
@@ -726,6 +919,19 @@ pub trait Driver: Sized + 'static {
 
     /// Handles `mmap()` on the device file. Default: `vfio_pci_core_mmap()`.
     fn mmap(_dev: &Device<Self, Open>, _vma: &VmaNew) -> Result {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Called when userspace is about to write to the page at `offset` of BAR `bar` through an
+    /// `mmap()` of the device. Optional.
+    ///
+    /// Implementing it makes BAR mappings write-notifying: pages are mapped read-only and the
+    /// first write to each page faults and calls this hook before the write lands; huge
+    /// mappings are only used for reads. [`Device::zap_bar`] re-arms the notification for a
+    /// range. It runs in the page-fault path with the `mmap` lock held: it must not sleep on
+    /// anything a fault or the migration lock may hold (record the write lock-free, e.g. with
+    /// [`DirtyPages`](crate::vfio::dirty::DirtyPages)).
+    fn bar_mmap_write(_dev: &Device<Self>, _bar: u32, _offset: u64) {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
@@ -809,7 +1015,7 @@ impl<T: Driver> Ops<T> {
             Some(bindings::vfio_pci_core_ioctl)
         },
         get_region_info_caps: Some(bindings::vfio_pci_ioctl_get_region_info),
-        mmap: if T::HAS_MMAP {
+        mmap: if T::HAS_MMAP || T::HAS_BAR_MMAP_WRITE {
             Some(Self::mmap)
         } else {
             Some(bindings::vfio_pci_core_mmap)
@@ -854,6 +1060,69 @@ impl<T: Driver> Ops<T> {
             Some(Self::MIG_OPS_REF)
         }
     };
+
+    /// `struct vfio_log_ops` of a device that does no DMA, see [`Driver::NO_DMA`].
+    const LOG_OPS: bindings::vfio_log_ops = bindings::vfio_log_ops {
+        log_start: Some(Self::log_start),
+        log_stop: Some(Self::log_stop),
+        log_read_and_clear: Some(Self::log_read_and_clear),
+    };
+
+    /// A `'static` reference to [`Self::LOG_OPS`].
+    const LOG_OPS_REF: &'static bindings::vfio_log_ops = &Self::LOG_OPS;
+
+    /// `log_start`: accepts any ranges and page size; a second start without a stop is refused.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be the `struct vfio_device` of an open [`Device<T>`].
+    unsafe extern "C" fn log_start(
+        vdev: *mut bindings::vfio_device,
+        _ranges: *mut bindings::rb_root_cached,
+        _nnodes: u32,
+        _page_size: *mut u64,
+    ) -> c_int {
+        // SAFETY: The VFIO core calls this from the feature ioctl of an open device file.
+        let this = unsafe { Device::<T>::from_vdev(vdev) };
+        if this.dma_logging.xchg(true, Full) {
+            EBUSY.to_errno()
+        } else {
+            0
+        }
+    }
+
+    /// `log_stop`.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be the `struct vfio_device` of an open [`Device<T>`].
+    unsafe extern "C" fn log_stop(vdev: *mut bindings::vfio_device) -> c_int {
+        // SAFETY: The VFIO core calls this from the feature ioctl of an open device file.
+        let this = unsafe { Device::<T>::from_vdev(vdev) };
+        this.dma_logging.store(false, Release);
+        0
+    }
+
+    /// `log_read_and_clear`: the device does no DMA, so nothing is ever dirty; the user's bitmap
+    /// is left as it is.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be the `struct vfio_device` of an open [`Device<T>`].
+    unsafe extern "C" fn log_read_and_clear(
+        vdev: *mut bindings::vfio_device,
+        _iova: c_ulong,
+        _length: c_ulong,
+        _dirty: *mut bindings::iova_bitmap,
+    ) -> c_int {
+        // SAFETY: The VFIO core calls this from the feature ioctl of an open device file.
+        let this = unsafe { Device::<T>::from_vdev(vdev) };
+        if this.dma_logging.load(Acquire) {
+            0
+        } else {
+            EINVAL.to_errno()
+        }
+    }
 
     /// `migration_set_state`.
     ///
@@ -985,6 +1254,7 @@ impl<T: Driver> Ops<T> {
         if !Self::MIGRATION_FLAGS.is_empty() {
             this.mig_close();
         }
+        this.dma_logging.store(false, Release);
         T::close_device(this);
 
         // SAFETY: The device was opened by `open_device`.
@@ -1078,12 +1348,31 @@ impl<T: Driver> Ops<T> {
         let this = unsafe { Device::<T, Open>::from_vdev(vdev) };
 
         // SAFETY: By the safety requirements, `vma` is being set up for the duration of the call.
-        let vma = unsafe { VmaNew::from_raw(vma) };
+        let new = unsafe { VmaNew::from_raw(vma) };
 
-        match T::mmap(this, vma) {
-            Ok(()) => 0,
-            Err(e) => e.to_errno(),
+        let ret = if T::HAS_MMAP {
+            T::mmap(this, new)
+        } else {
+            this.core_mmap(new)
+        };
+        if let Err(e) = ret {
+            return e.to_errno();
         }
+        if T::HAS_BAR_MMAP_WRITE {
+            // SAFETY: The mapping is being set up by this call, nothing else looks at it yet.
+            let core_ops = unsafe { (*vma).vm_ops };
+            if core_ops.is_null() {
+                return EINVAL.to_errno();
+            }
+            // Every mapping of the device gets the same table from `vfio-pci-core`.
+            this.core_vm_ops.store(core_ops as usize, Release);
+            // With `pfn_mkwrite` set, the mm core write-protects the mapping's pages
+            // (`vma_set_page_prot()` after `mmap` returns).
+            //
+            // SAFETY: As above.
+            unsafe { (*vma).vm_ops = TrackOps::<T>::VM_OPS_REF };
+        }
+        0
     }
 
     /// `device_feature`.

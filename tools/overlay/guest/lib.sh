@@ -150,8 +150,10 @@ check_leaks() {
 # check_kunit SUITE: turn the results of a KUnit suite that ran at boot into
 # TAP lines; a suite that did not run is a failure.
 check_kunit() {
-	dmesg | sed -n "/# Subtest: $1\$/,/# $1: pass:/p" |
-		sed -n 's/^\[[^]]*\] *\(not ok\|ok\) [0-9]\+ \(.*\)$/\1\t\2/p' >/tmp/kunit
+	# From the suite's header to its own (unindented) result line; the
+	# test results are the indented ones.
+	dmesg | sed -n "/# Subtest: $1\$/,/^\[[^]]*\] \(not \)\?ok [0-9]\+ $1\$/p" |
+		sed -n 's/^\[[^]]*\]  \+\(not ok\|ok\) [0-9]\+ \(.*\)$/\1\t\2/p' >/tmp/kunit
 	n=0
 	while IFS="$(printf '\t')" read -r status rest; do
 		n=$((n + 1))

@@ -13,6 +13,7 @@ load_vfio() {
 plan_check() {
 	start_leak_check
 	check_kunit rust_vfio_migration
+	check_kunit rust_vfio_dirty
 	echo 16 >/proc/sys/vm/nr_hugepages
 	set -- $(ivshmem_plain_bdfs)
 	if [ $# -lt 1 ]; then

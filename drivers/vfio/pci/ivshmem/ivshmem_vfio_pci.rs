@@ -24,10 +24,16 @@
 //! - `MEM` (0x100): a little-endian 64-bit offset into BAR2, then up to 1 MiB of its bytes;
 //! - `REGS` (0x101): `INTRMASK`, `INTRSTATUS` (little-endian 32-bit each).
 //!
-//! PRE_COPY streams BAR2 once. Until writes to BAR2 are tracked, STOP_COPY streams all of it
-//! again (the device ran meanwhile), then `REGS`. ivshmem-plain does no DMA and has no
-//! peer-to-peer activity, so the P2P and STOP arcs have nothing to quiesce: once the user stops
-//! writing (the VMM stops its vCPUs), the state is frozen.
+//! While a saving session is open, every user write to BAR2 is tracked per 4 KiB page: through
+//! `mmap()` (pages are mapped write-notifying, the first write to a page after it was sent
+//! faults and marks it) and through the region `write()` path. PRE_COPY streams the initial
+//! image of BAR2 in 1 MiB records, then the pages written since they were sent, one page per
+//! record; STOP_COPY streams what is left, then `REGS`. `dirty_bytes` is exact: the marked pages
+//! times the size of their records. With `track_writes=0`, STOP_COPY streams all of BAR2 again.
+//!
+//! ivshmem-plain does no DMA and has no peer-to-peer activity, so the P2P and STOP arcs have
+//! nothing to quiesce: once the user stops writing (the VMM stops its vCPUs), the state is
+//! frozen.
 
 use kernel::{
     device::Core,
@@ -35,8 +41,14 @@ use kernel::{
     pci,
     prelude::*,
     sizes::SizeConstants,
+    sync::Arc,
+    uaccess::UserPtr,
     vfio::{
         self,
+        dirty::{
+            DirtyPages,
+            PAGE, //
+        },
         migration::{
             record_size,
             Record,
@@ -45,6 +57,8 @@ use kernel::{
             RECORD_DRIVER_BASE, //
         },
         pci::{
+            region_index,
+            region_offset,
             Device,
             MigrationOps,
             Open,
@@ -96,6 +110,8 @@ struct IvshmemVfioPci;
 struct IvshmemDevice {
     /// Size of the shared memory (BAR2) in bytes.
     shmem_size: ResourceSize,
+    /// The pages of BAR2 the open saving session still has to send.
+    dirty: Arc<DirtyPages>,
 }
 
 /// Splits a non-zero size in bytes into a value and the largest binary unit that divides it.
@@ -122,13 +138,34 @@ kernel::pci_device_table!(
 
 /// A saving session: how far BAR2 has been streamed.
 struct Save {
-    /// Next offset of the PRE_COPY pass.
+    /// Next offset of the initial image.
     pre: u64,
-    /// Next offset of the STOP_COPY pass.
+    /// How much of the initial image was sent while the device ran.
+    pre_running: u64,
+    /// Without tracking: next offset of the STOP_COPY resend of what was sent while running.
     stop: u64,
+    /// Where the search for written pages goes on.
+    scan: usize,
     /// Whether `REGS` was sent.
     regs: bool,
+    /// Whether writes are tracked in this session.
+    tracking: bool,
+    dirty: Arc<DirtyPages>,
 }
+
+impl Drop for Save {
+    fn drop(&mut self) {
+        if self.tracking {
+            self.dirty.set_active(false);
+        }
+    }
+}
+
+/// Size of the `MEM` record of one page.
+const PAGE_RECORD: u64 = record_size(MEM_PREFIX + PAGE as usize) as u64;
+
+/// The most page records one `save_next` produces.
+const PAGES_PER_CALL: usize = 256;
 
 /// A resuming session: the registers, applied when the stream is complete.
 struct Resume {
@@ -142,21 +179,50 @@ fn mem_records_size(bytes: u64) -> u64 {
     bytes + records * record_size(MEM_PREFIX) as u64
 }
 
-/// Appends the `MEM` record of the chunk of BAR2 at `*next`, and advances `*next`.
+/// Appends the `MEM` record of `len` bytes of BAR2 at `off`.
+///
+/// With tracking, the pages are unmarked and their user mappings write-protected again first, so
+/// that a write that lands after the copy marks them again.
 fn push_mem(
     dev: &Device<IvshmemVfioPci, Open>,
-    next: &mut u64,
+    save: &Save,
+    off: u64,
+    len: usize,
     out: &mut RecordSink<'_>,
 ) -> Result {
+    if save.tracking {
+        save.dirty
+            .take(usize::try_from(off / PAGE)?, len.div_ceil(PAGE as usize));
+        dev.zap_bar(SHMEM_BAR, off, len as u64)?;
+    }
     let bar = dev.bar(SHMEM_BAR)?;
-    let off = usize::try_from(*next)?;
-    let len = (bar.len() - off).min(MAX_RECORD_DATA);
+    let start = usize::try_from(off)?;
     out.push(REC_MEM, false, MEM_PREFIX + len, |p| {
-        p[..MEM_PREFIX].copy_from_slice(&next.to_le_bytes());
-        bar.read(off, &mut p[MEM_PREFIX..])
-    })?;
-    *next += len as u64;
-    Ok(())
+        p[..MEM_PREFIX].copy_from_slice(&off.to_le_bytes());
+        bar.read(start, &mut p[MEM_PREFIX..])
+    })
+}
+
+/// Appends records of pages written since they were sent; returns `false` if there were none.
+fn push_dirty(
+    dev: &Device<IvshmemVfioPci, Open>,
+    save: &mut Save,
+    out: &mut RecordSink<'_>,
+) -> Result<bool> {
+    let mut produced = 0;
+    while produced < PAGES_PER_CALL {
+        let Some(page) = save
+            .dirty
+            .next_marked(save.scan)
+            .or_else(|| save.dirty.next_marked(0))
+        else {
+            break;
+        };
+        push_mem(dev, save, page as u64 * PAGE, PAGE as usize, out)?;
+        save.scan = page + 1;
+        produced += 1;
+    }
+    Ok(produced > 0)
 }
 
 impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
@@ -179,11 +245,25 @@ impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
         Ok(())
     }
 
-    fn save_begin(_dev: &Device<Self, Open>, _precopy: bool) -> Result<Save> {
+    fn save_begin(dev: &Device<Self, Open>, _precopy: bool) -> Result<Save> {
+        let size = dev.data().shmem_size;
+        let dirty = dev.data().dirty.clone();
+        let tracking = module_parameters::track_writes.value();
+        if tracking {
+            // Every page starts out to be sent (the initial image); mappings made writable
+            // before are write-protected again.
+            dirty.set_active(true);
+            dirty.mark(0, size);
+            dev.zap_bar(SHMEM_BAR, 0, size)?;
+        }
         Ok(Save {
             pre: 0,
+            pre_running: 0,
             stop: 0,
+            scan: 0,
             regs: false,
+            tracking,
+            dirty,
         })
     }
 
@@ -194,10 +274,27 @@ impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
         out: &mut RecordSink<'_>,
     ) -> Result<bool> {
         let size = dev.data().shmem_size;
+        if save.pre < size {
+            // The initial image.
+            let len = usize::try_from(size - save.pre)?.min(MAX_RECORD_DATA);
+            push_mem(dev, save, save.pre, len, out)?;
+            save.pre += len as u64;
+            if phase == SavePhase::PreCopy {
+                save.pre_running = save.pre;
+            }
+            return Ok(true);
+        }
+        if save.tracking && push_dirty(dev, save, out)? {
+            return Ok(true);
+        }
         match phase {
-            SavePhase::PreCopy if save.pre < size => push_mem(dev, &mut save.pre, out)?,
             SavePhase::PreCopy => return Ok(false),
-            SavePhase::StopCopy if save.stop < size => push_mem(dev, &mut save.stop, out)?,
+            SavePhase::StopCopy if !save.tracking && save.stop < save.pre_running => {
+                // Untracked: what was sent while the device ran may have changed since.
+                let len = usize::try_from(save.pre_running - save.stop)?.min(MAX_RECORD_DATA);
+                push_mem(dev, save, save.stop, len, out)?;
+                save.stop += len as u64;
+            }
             SavePhase::StopCopy if !save.regs => {
                 let regs = dev.bar(REGS_BAR)?;
                 let mask = regs.read32(INTRMASK)?;
@@ -218,11 +315,17 @@ impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
 
     fn save_pending(dev: &Device<Self, Open>, save: &Save) -> Pending {
         let size = dev.data().shmem_size;
+        let unsent = size.saturating_sub(save.pre);
+        // Marked pages are the initial image not sent yet plus the pages written since they
+        // were sent; each of the latter goes out as one page record.
+        let dirty = if save.tracking {
+            save.dirty.count().saturating_sub(unsent / PAGE) * PAGE_RECORD
+        } else {
+            0
+        };
         Pending {
-            initial: mem_records_size(size.saturating_sub(save.pre)),
-            // Writes to BAR2 are not tracked yet: STOP_COPY resends all of it, but PRE_COPY
-            // has nothing more to offer once the initial image is read.
-            dirty: 0,
+            initial: mem_records_size(unsent),
+            dirty,
         }
     }
 
@@ -279,6 +382,9 @@ impl vfio::pci::Driver for IvshmemVfioPci {
     type Data = IvshmemDevice;
     type Migration = Self;
 
+    // ivshmem-plain is not a bus master.
+    const NO_DMA: bool = true;
+
     const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
 
     fn probe<'bound>(
@@ -309,7 +415,26 @@ impl vfio::pci::Driver for IvshmemVfioPci {
             MIGRATION
         );
 
-        Ok(IvshmemDevice { shmem_size })
+        Ok(IvshmemDevice {
+            shmem_size,
+            dirty: Arc::new(DirtyPages::new(shmem_size)?, GFP_KERNEL)?,
+        })
+    }
+
+    fn write(dev: &Device<Self, Open>, buf: UserPtr, count: usize, pos: &mut i64) -> Result<usize> {
+        let start = *pos;
+        let n = dev.core_write(buf, count, pos)?;
+        // Marked after the write landed: a page sent in between is simply sent again.
+        if region_index(start) == SHMEM_BAR {
+            dev.data().dirty.mark(region_offset(start), n as u64);
+        }
+        Ok(n)
+    }
+
+    fn bar_mmap_write(dev: &Device<Self>, bar: u32, offset: u64) {
+        if bar == SHMEM_BAR {
+            dev.data().dirty.mark(offset, PAGE);
+        }
     }
 
     fn open_device(dev: &vfio::pci::Device<Self, vfio::pci::Open>) -> Result {
@@ -328,4 +453,10 @@ kernel::module_vfio_pci_driver! {
     authors: ["VFIO migration overlay"],
     description: "VFIO PCI variant driver for QEMU ivshmem-plain",
     license: "GPL",
+    params: {
+        track_writes: bool {
+            default: true,
+            description: "Track writes to the shared memory during migration (default: on)",
+        },
+    },
 }

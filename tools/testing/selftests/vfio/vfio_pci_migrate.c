@@ -3,7 +3,7 @@
  * vfio_pci_migrate: migrate one ivshmem-vfio-pci device to another through
  * the VFIO migration v2 uAPI, the way QEMU drives it, and show each step.
  *
- *   vfio_pci_migrate [-s SEED] SOURCE_BDF DESTINATION_BDF
+ *   vfio_pci_migrate [-s SEED] [-r ROUNDS] SOURCE_BDF DESTINATION_BDF
  *
  * Fills the source's BAR2 with a seeded pattern (through mmap) and its BAR0
  * state registers, then: source RUNNING -> PRE_COPY, destination
@@ -103,6 +103,43 @@ static int set_state(struct dev *d, const char *who, u32 to, int *data_fd)
 	return ret;
 }
 
+/*
+ * DMA dirty logging over the first 1 GiB of IOVA, as QEMU asks it of devices when the
+ * IOMMU cannot track: START, REPORT (returns the number of dirty pages), STOP.
+ */
+#define LOG_IOVA_LEN (1ULL << 30)
+
+static int dma_log(struct dev *d, u32 feature, u64 *dirty_pages)
+{
+	static u64 bitmap[LOG_IOVA_LEN / 4096 / 64];
+	struct vfio_device_feature_dma_logging_range range = { 0, LOG_IOVA_LEN };
+	struct vfio_device_feature_dma_logging_control ctl = {
+		.page_size = 4096, .num_ranges = 1, .ranges = (uintptr_t)&range,
+	};
+	struct vfio_device_feature_dma_logging_report rep = {
+		.iova = 0, .length = LOG_IOVA_LEN, .page_size = 4096,
+		.bitmap = (uintptr_t)bitmap,
+	};
+	size_t i;
+	int ret;
+
+	switch (feature) {
+	case VFIO_DEVICE_FEATURE_DMA_LOGGING_START:
+		return vfio_mig_feature(d->mig.fd, VFIO_DEVICE_FEATURE_SET | feature,
+					&ctl, sizeof(ctl));
+	case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT:
+		memset(bitmap, 0, sizeof(bitmap));
+		ret = vfio_mig_feature(d->mig.fd, VFIO_DEVICE_FEATURE_GET | feature,
+				       &rep, sizeof(rep));
+		*dirty_pages = 0;
+		for (i = 0; !ret && i < sizeof(bitmap) / sizeof(bitmap[0]); i++)
+			*dirty_pages += __builtin_popcountll(bitmap[i]);
+		return ret;
+	default:
+		return vfio_mig_feature(d->mig.fd, VFIO_DEVICE_FEATURE_SET | feature, NULL, 0);
+	}
+}
+
 /* Copy what the saving fd has now to the resuming fd; return bytes moved. */
 static long long pump(int save, int resume, char *buf, int precopy)
 {
@@ -129,9 +166,10 @@ static long long pump(int save, int resume, char *buf, int precopy)
 int main(int argc, char **argv)
 {
 	struct vfio_precopy_info info = { .argsz = sizeof(info) };
-	int opt, save_fd = -1, resume_fd = -1, bad = 0;
+	int opt, save_fd = -1, resume_fd = -1, bad = 0, ret;
+	u64 dma_dirty = 0;
 	long long pre = 0, stop, initial0;
-	unsigned int seed = 1;
+	unsigned int seed = 1, rounds = 4, r, rng;
 	u64 flags, size;
 	struct dev a, b;
 	double t0, t;
@@ -139,10 +177,15 @@ int main(int argc, char **argv)
 	char *buf;
 	size_t i;
 
-	while ((opt = getopt(argc, argv, "s:")) != -1)
-		seed = strtoul(optarg, NULL, 0);
+	while ((opt = getopt(argc, argv, "s:r:")) != -1) {
+		if (opt == 's')
+			seed = strtoul(optarg, NULL, 0);
+		else
+			rounds = strtoul(optarg, NULL, 0);
+	}
 	if (argc - optind != 2) {
-		fprintf(stderr, "usage: %s [-s SEED] SOURCE_BDF DESTINATION_BDF\n", argv[0]);
+		fprintf(stderr, "usage: %s [-s SEED] [-r ROUNDS] SOURCE_BDF DESTINATION_BDF\n",
+			argv[0]);
 		return 2;
 	}
 	open_dev(&a, argv[optind]);
@@ -178,6 +221,10 @@ int main(int argc, char **argv)
 		printf("source: stop-copy size %llu bytes\n", (unsigned long long)size);
 
 	t0 = now();
+	ret = dma_log(&a, VFIO_DEVICE_FEATURE_DMA_LOGGING_START, NULL);
+	printf("source: DMA dirty logging start: %s\n", ret ? strerror(-ret) : "ok");
+	if (ret)
+		bad++;
 	set_state(&a, "source", VFIO_DEVICE_STATE_PRE_COPY, &save_fd);
 	set_state(&b, "destination", VFIO_DEVICE_STATE_STOP, NULL);
 	set_state(&b, "destination", VFIO_DEVICE_STATE_RESUMING, &resume_fd);
@@ -208,10 +255,45 @@ int main(int argc, char **argv)
 	printf("pre-copy: drained (read: ENOMSG) after %lld bytes, initial_bytes %llu dirty_bytes %llu\n",
 	       pre, (unsigned long long)info.initial_bytes, (unsigned long long)info.dirty_bytes);
 
+	/* The source keeps running: write, stream what was written, repeat. */
+	rng = seed;
+	for (r = 1; r <= rounds; r++) {
+		size_t pages = a.bar2.size / 4096, n = pages / (8u << (r - 1)), k;
+		long long sent;
+
+		for (k = 0; k < n; k++) {
+			size_t page = (size_t)rand_r(&rng) % pages;
+
+			x ^= x << 13;
+			x ^= x >> 17;
+			x ^= x << 5;
+			memcpy(a.mem + page * 4096 + (x % 4093), &x, 3);
+		}
+		vfio_mig_precopy_info(save_fd, &info);
+		printf("round %u: wrote %zu pages; initial_bytes %llu dirty_bytes %llu\n", r, n,
+		       (unsigned long long)info.initial_bytes,
+		       (unsigned long long)info.dirty_bytes);
+		sent = pump(save_fd, resume_fd, buf, 1);
+		pre += sent;
+		vfio_mig_precopy_info(save_fd, &info);
+		printf("round %u: sent %lld bytes; initial_bytes %llu dirty_bytes %llu\n", r, sent,
+		       (unsigned long long)info.initial_bytes,
+		       (unsigned long long)info.dirty_bytes);
+	}
+	printf("before STOP_COPY: initial_bytes + dirty_bytes = %llu\n",
+	       (unsigned long long)(info.initial_bytes + info.dirty_bytes));
+	ret = dma_log(&a, VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, &dma_dirty);
+	printf("source: DMA dirty logging report: %s, %llu pages written by DMA (the device does none)\n",
+	       ret ? strerror(-ret) : "ok", (unsigned long long)dma_dirty);
+	bad += ret || dma_dirty;
+	ret = dma_log(&a, VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP, NULL);
+	bad += !!ret;
+
 	set_state(&a, "source", VFIO_DEVICE_STATE_STOP_COPY, NULL);
 	t = now();
 	stop = pump(save_fd, resume_fd, buf, 0);
-	printf("stop-copy: %lld bytes in %.3f s, then end of stream\n", stop, now() - t);
+	printf("stop-copy: %lld bytes (%.2f%% of BAR2) in %.3f s, then end of stream\n", stop,
+	       100.0 * stop / a.bar2.size, now() - t);
 	set_state(&a, "source", VFIO_DEVICE_STATE_STOP, NULL);
 	set_state(&b, "destination", VFIO_DEVICE_STATE_STOP, NULL);
 	set_state(&b, "destination", VFIO_DEVICE_STATE_RUNNING, NULL);
