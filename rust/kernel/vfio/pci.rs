@@ -556,6 +556,12 @@ impl<T: Driver> TrackOps<T> {
         (dev, unsafe { &*ops })
     }
 
+    /// `fault`: write faults map the page writable after notifying, other faults go to
+    /// `vfio-pci-core`.
+    ///
+    /// # Safety
+    ///
+    /// `vmf` must be a fault on a mapping set up by [`Ops::mmap`] with these operations.
     unsafe extern "C" fn fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
         // SAFETY: Called by the mm core for a fault on a mapping with these operations.
         let (dev, core) = unsafe { Self::device(vmf) };
@@ -571,6 +577,11 @@ impl<T: Driver> TrackOps<T> {
         }
     }
 
+    /// `huge_fault`: reads go to `vfio-pci-core`, writes fall back to pages.
+    ///
+    /// # Safety
+    ///
+    /// `vmf` must be a fault on a mapping set up by [`Ops::mmap`] with these operations.
     unsafe extern "C" fn huge_fault(
         vmf: *mut bindings::vm_fault,
         order: c_uint,
@@ -646,6 +657,12 @@ impl<T: Driver> TrackOps<T> {
         ret
     }
 
+    /// `pfn_mkwrite`: the first write to a write-protected page; notifies the driver.
+    ///
+    /// # Safety
+    ///
+    /// `vmf` must be a write-protect fault on a mapping set up by [`Ops::mmap`] with these
+    /// operations.
     unsafe extern "C" fn pfn_mkwrite(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
         // SAFETY: Called by the mm core for a write fault on a mapping with these operations.
         let (dev, _) = unsafe { Self::device(vmf) };
