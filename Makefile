@@ -4,6 +4,7 @@
 #
 #   make demo     set up, build, boot the VM, bind the devices, show the result
 #   make check    set up, build, run the tests in the VM; TAP in build/check.tap
+#   make bench    set up, build, run the migration benchmark in the VM; build/bench.json
 #
 # Everything is built in build/ (ignored by git, reused between runs).
 
@@ -14,7 +15,7 @@ OVERLAY		:= tools/overlay
 IVSHMEM_SIZE	?= 64M
 export IVSHMEM_SIZE
 
-.PHONY: all setup kernel initramfs check demo check-harness clippy rustfmt \
+.PHONY: all setup kernel initramfs check demo bench check-harness clippy rustfmt \
 	rustfmtcheck rustdoc clean distclean help
 
 all: initramfs
@@ -36,6 +37,9 @@ check: initramfs
 
 demo: initramfs
 	@TAP_OUT=$(BUILD)/demo.tap $(OVERLAY)/vm.sh demo
+
+bench: initramfs
+	@$(OVERLAY)/bench.sh
 
 # The harness must fail on a failing guest test, a hung guest and a guest
 # panic, and it must cut a hung guest off in bounded time.
@@ -60,7 +64,8 @@ rustdoc: kernel
 	@. $(OVERLAY)/env.sh && "$${KMAKE[@]}" rustdoc
 
 clean:
-	rm -rf $(BUILD)/obj $(BUILD)/kselftest $(BUILD)/initramfs* $(BUILD)/vm $(BUILD)/*.tap
+	rm -rf $(BUILD)/obj $(BUILD)/kselftest $(BUILD)/initramfs* $(BUILD)/vm $(BUILD)/*.tap \
+		$(BUILD)/bench.json
 
 distclean:
 	rm -rf $(BUILD)

@@ -21,11 +21,15 @@ make -s -C "$SRC/tools/testing/selftests/vfio" O="$kst/vfio" OUTPUT="$kst/vfio" 
 	-j"$JOBS" all >"$kst/vfio.log" 2>&1 ||
 	{ tail -n 30 "$kst/vfio.log" >&2; die "building the VFIO kselftests failed"; }
 
-# The migration demo, built beside them.
+# The migration demo and the migration benchmark, built beside them.
 gcc -static -O2 -Wall -Werror -isystem "$OBJ/usr/include" -I"$SRC/tools/include" \
 	-I"$SRC/tools/testing/selftests/vfio/lib/include" \
 	-o "$kst/vfio/vfio_pci_migrate" "$SRC/tools/testing/selftests/vfio/vfio_pci_migrate.c" ||
 	die "building vfio_pci_migrate failed"
+gcc -static -O2 -Wall -Werror -pthread -isystem "$OBJ/usr/include" -I"$SRC/tools/include" \
+	-I"$SRC/tools/testing/selftests/vfio/lib/include" -o "$kst/vfio/vfio_pci_migration_bench" \
+	"$SRC/tools/testing/selftests/vfio/vfio_pci_migration_bench.c" ||
+	die "building vfio_pci_migration_bench failed"
 
 rm -rf "$stage"
 mkdir -p "$stage"/{bin,sbin,dev,proc,sys,tmp,opt/tests,lib/overlay}

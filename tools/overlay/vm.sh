@@ -12,7 +12,9 @@
 # powered off before saying it was done; then the end of the console log is
 # printed. No QEMU process outlives this script.
 #
-# Environment: VM_NAME (output folder name, default PLAN), IVSHMEM_SIZE (default 64M), VM_TIMEOUT (default 1200 s),
+# Environment: VM_NAME (output folder name, default PLAN), IVSHMEM_SIZE (default 64M),
+# IVSHMEM_EXTRA (sizes of more ivshmem-plain devices after the two, each behind
+# its own pcie-root-port, e.g. "16M 1G"; default none), VM_TIMEOUT (default 1200 s),
 # VM_MEM (default 1G), TAP_OUT (default $BUILD/PLAN.tap), VM_QUIET=1 prints
 # only the summary.
 set -euo pipefail
@@ -20,6 +22,7 @@ set -euo pipefail
 
 plan=${1:?usage: vm.sh PLAN}
 IVSHMEM_SIZE=${IVSHMEM_SIZE:-64M}
+IVSHMEM_EXTRA=${IVSHMEM_EXTRA:-}
 VM_TIMEOUT=${VM_TIMEOUT:-1200}
 VM_MEM=${VM_MEM:-1G}
 TAP_OUT=${TAP_OUT:-$BUILD/$plan.tap}
@@ -48,11 +51,14 @@ qemu=(qemu-system-x86_64 -machine q35 -accel "$accel" -cpu "$cpu" -smp 2 -m "$VM
 	-append "console=ttyS0 panic=-1 oops=panic loglevel=7 overlay.plan=$plan ${VM_APPEND:-}"
 	-chardev "file,id=con,path=$console" -serial chardev:con
 	-chardev "file,id=tap,path=$raw" -serial chardev:tap)
-for i in 0 1; do
-	qemu+=(-object "memory-backend-ram,id=ivmem$i,size=$IVSHMEM_SIZE"
+i=0
+for size in "$IVSHMEM_SIZE" "$IVSHMEM_SIZE" $IVSHMEM_EXTRA; do
+	qemu+=(-object "memory-backend-ram,id=ivmem$i,size=$size"
 		-device "pcie-root-port,id=rp$i,chassis=$((i + 1)),slot=$((i + 1))"
 		-device "ivshmem-plain,memdev=ivmem$i,bus=rp$i")
+	i=$((i + 1))
 done
+devices="ivshmem $IVSHMEM_SIZE x2${IVSHMEM_EXTRA:+ + $IVSHMEM_EXTRA}"
 
 start=$(date +%s)
 "${qemu[@]}" </dev/null >"$dir/qemu.log" 2>&1 &
@@ -113,8 +119,8 @@ if [ -n "$problem" ]; then
 fi
 summary="$pass passed, $fail failed"
 [ "$skip" -gt 0 ] && summary="$summary, $skip skipped"
-echo "# $plan: ${secs}s in the VM (accel $accel, ivshmem $IVSHMEM_SIZE x2)" >>"$TAP_OUT"
+echo "# $plan: ${secs}s in the VM (accel $accel, $devices)" >>"$TAP_OUT"
 echo "$summary" >>"$TAP_OUT"
-echo "# $plan: ${secs}s in the VM (accel $accel, ivshmem $IVSHMEM_SIZE x2)"
+echo "# $plan: ${secs}s in the VM (accel $accel, $devices)"
 echo "$summary"
 [ "$fail" = 0 ] && [ -z "$problem" ]
