@@ -7,16 +7,17 @@
  * A device is a PCI BDF (e.g. 0000:01:00.0) or an mdev UUID. The fixture
  * vfio_migration checks what every migration driver must do (tests that
  * need a destination are skipped without DEVICE_B); the fixtures
- * ivshmem_vfio_pci* check the stream of the ivshmem-vfio-pci driver and
- * are skipped for any other driver. Behaviour of the mtty sample driver
- * that contradicts the uAPI text is reported as XFAIL ("mtty known
- * deviation"), for mtty only.
+ * ivshmem_vfio_pci* check the stream of the ivshmem-vfio-pci driver and its
+ * tracking of writes to BAR2, and are skipped for any other driver.
+ * Behaviour of the mtty sample driver that contradicts the uAPI text is
+ * reported as XFAIL ("mtty known deviation"), for mtty only.
  */
 #include <ctype.h>
 #include <endian.h>
 #include <stdarg.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -2008,6 +2009,648 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci_resume, corrupt_stream, 600)
 	ASSERT_EQ(0, close(fd));
 	resume_qemu_way(_metadata, b, self->stream.data, self->stream.len);
 	ivshmem_check(_metadata, c);
+}
+
+/* ------------------------------------------------------------------ */
+/* ivshmem-vfio-pci: dirty tracking of BAR2 during a saving session    */
+
+/*
+ * While a saving session is open, every write to BAR2 (through the mmap or
+ * pwrite() on the region) marks its 4 KiB page. PRE_COPY streams the initial
+ * image, then each page written since it was sent as a MEM record of its own;
+ * dirty_bytes counts those records exactly, the unread ones included.
+ * STOP_COPY streams what is left, then REGS and END.
+ */
+#define DIRTY_PAGE		SZ_4K
+#define PAGE_REC_SIZE		(MIG_REC_HDR_SIZE + 8 + DIRTY_PAGE)
+#define IMAGE_REC_SIZE		(MIG_REC_HDR_SIZE + 8 + MIG_MEM_MAX_DATA)
+#define HEADER_REC_SIZE		(MIG_REC_HDR_SIZE + MIG_HEADER_LEN)
+#define STOP_COPY_TAIL		(2 * MIG_REC_HDR_SIZE + 8 + MIG_END_LEN)
+
+/*
+ * The pages of A's BAR2 a test wrote since they were last sent: PAGE_SENT
+ * when they had been sent before the write (dirty_bytes must count them),
+ * PAGE_MAYBE when the test cannot tell whether the record holding them was
+ * produced yet.
+ */
+enum { PAGE_UNTOUCHED, PAGE_MAYBE, PAGE_SENT };
+
+struct page_set {
+	u8 *state;
+	u64 nr;
+	u64 sent;
+	u64 maybe;
+};
+
+static int pages_init(struct page_set *ps, u64 size)
+{
+	ps->nr = size / DIRTY_PAGE;
+	ps->state = calloc(ps->nr, 1);
+	ps->sent = 0;
+	ps->maybe = 0;
+	return ps->state ? 0 : -ENOMEM;
+}
+
+static void pages_clear(struct page_set *ps)
+{
+	memset(ps->state, PAGE_UNTOUCHED, ps->nr);
+	ps->sent = 0;
+	ps->maybe = 0;
+}
+
+static void pages_add(struct page_set *ps, u64 off, u64 len, u8 how)
+{
+	u64 p;
+
+	for (p = off / DIRTY_PAGE; p <= (off + len - 1) / DIRTY_PAGE; p++) {
+		if (ps->state[p] >= how)
+			continue;
+		if (ps->state[p] == PAGE_MAYBE)
+			ps->maybe--;
+		ps->state[p] = how;
+		if (how == PAGE_SENT)
+			ps->sent++;
+		else
+			ps->maybe++;
+	}
+}
+
+/* dirty_bytes must be within what the test knows of the pages it wrote */
+static void expect_dirty(struct __test_metadata *_metadata, int fd,
+			 const struct page_set *ps, const char *when)
+{
+	struct vfio_precopy_info info;
+
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	EXPECT_LE(ps->sent * PAGE_REC_SIZE, info.dirty_bytes)
+		TH_LOG("%s: dirty_bytes %llu, %llu pages written after they were sent",
+		       when, (unsigned long long)info.dirty_bytes,
+		       (unsigned long long)ps->sent);
+	EXPECT_GE((ps->sent + ps->maybe) * PAGE_REC_SIZE, info.dirty_bytes)
+		TH_LOG("%s: dirty_bytes %llu, %llu pages written after they were sent, %llu maybe",
+		       when, (unsigned long long)info.dirty_bytes,
+		       (unsigned long long)ps->sent, (unsigned long long)ps->maybe);
+}
+
+/* Write a pattern to A's BAR2 through the mmap or pwrite(), mirrored in c->expect. */
+static void ivshmem_write(struct __test_metadata *_metadata, struct ivshmem_ctx *c,
+			  u64 off, size_t len, u64 seed, bool by_mmap)
+{
+	ASSERT_TRUE(len && off < c->size && len <= c->size - off);
+	prng_fill(seed, c->expect + off, len);
+	if (by_mmap)
+		memcpy(c->mem[0] + off, c->expect + off, len);
+	else
+		ASSERT_EQ(len, pwrite(c->dev[0].fd, c->expect + off, len,
+				      c->bar2[0].offset + off));
+}
+
+/*
+ * A random range of 1 byte to 3 pages in [@lo, @hi) (page-aligned, at least
+ * 4 pages): whole pages, a part of one page, across a page boundary, or
+ * anywhere.
+ */
+static void random_range(u64 *s, u64 lo, u64 hi, u64 *off, size_t *len)
+{
+	u64 pages = (hi - lo) / DIRTY_PAGE, before;
+
+	switch (prng(s) % 4) {
+	case 0:
+		*len = DIRTY_PAGE * (1 + prng(s) % 3);
+		*off = lo + DIRTY_PAGE * (prng(s) % (pages - 2));
+		break;
+	case 1:
+		*len = 1 + prng(s) % (DIRTY_PAGE / 2);
+		*off = lo + DIRTY_PAGE * (prng(s) % pages) +
+		       prng(s) % (DIRTY_PAGE - *len + 1);
+		break;
+	case 2:
+		before = 1 + prng(s) % (DIRTY_PAGE - 1);
+		*len = before + 1 + prng(s) % (3 * DIRTY_PAGE - before);
+		*off = lo + DIRTY_PAGE * (1 + prng(s) % (pages - 3)) - before;
+		break;
+	default:
+		*len = 1 + prng(s) % (3 * DIRTY_PAGE);
+		*off = lo + prng(s) % (hi - lo - *len + 1);
+	}
+}
+
+/*
+ * During the initial image, after @done bytes of the session were read:
+ * [0, *sent) was sent, [*unsent, size) was not. Initial records are produced
+ * one at a time, when the previous one was read to its end.
+ */
+static void image_zones(u64 size, u64 done, u64 *sent, u64 *unsent)
+{
+	u64 full = 0;
+
+	if (done > HEADER_REC_SIZE)
+		full = (done - HEADER_REC_SIZE) / IMAGE_REC_SIZE;
+	*sent = full * SZ_1M < size ? full * SZ_1M : size;
+	*unsent = (full + 1) * SZ_1M < size ? (full + 1) * SZ_1M : size;
+}
+
+static u8 pump_buf[SZ_1M];
+
+/*
+ * One read() of at most @max bytes of A's saving fd, written on to B's
+ * resuming fd (if @to >= 0). Returns the bytes moved, 0 at the end of the
+ * stream or -errno.
+ */
+static ssize_t pump(struct __test_metadata *_metadata, int from, int to, size_t max)
+{
+	ssize_t n;
+	int ret;
+
+	n = timed_read(from, pump_buf, max < sizeof(pump_buf) ? max : sizeof(pump_buf));
+	if (n > 0 && to >= 0) {
+		ret = write_stream(to, pump_buf, n, NULL);
+		ASSERT_EQ(0, ret) TH_LOG("resuming fd: %s", strerror(-ret));
+	}
+	return n;
+}
+
+/* Read exactly @len bytes of a saving fd; *done counts them. */
+static void pump_exactly(struct __test_metadata *_metadata, int from, int to,
+			 u64 len, u64 *done)
+{
+	ssize_t n;
+
+	while (len) {
+		n = pump(_metadata, from, to, len);
+		ASSERT_LT(0, n) TH_LOG("read: %s", n ? strerror(-n) : "end of stream");
+		len -= n;
+		*done += n;
+	}
+}
+
+TEST_F_TIMEOUT(ivshmem_vfio_pci, dirty_bytes_follow_writes_and_reads, 300)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_precopy_info info, prev;
+	const u64 chunk = 2 * PAGE_REC_SIZE + 100;
+	const u64 mid = c->size / 2;
+	struct mig_buf got = {};
+	struct mig_rec *recs = NULL;
+	struct page_set ps = {};
+	int fd, ret, nr = 0, i, reads = 0;
+	struct pollfd pfd;
+	u64 n, s = c->seed;
+	ssize_t r;
+
+	if (!(c->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "no PRE_COPY");
+	ASSERT_LE(SZ_1M, c->size);
+	ASSERT_EQ(0, pages_init(&ps, c->size));
+	reach_state(_metadata, &c->dev[0], PRE_COPY, NULL, 0, &fd);
+	ret = read_available(fd, NULL, &n);
+	EXPECT_EQ(-ENOMSG, ret) TH_LOG("draining the initial image: %s", strerror(-ret));
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	EXPECT_EQ(0, info.initial_bytes);
+	EXPECT_EQ(0, info.dirty_bytes) TH_LOG("dirty_bytes before any write");
+
+	/* 13 pages: sub-page, whole pages, across page boundaries, the last byte */
+	ivshmem_write(_metadata, c, 10 * DIRTY_PAGE + 100, 1, prng(&s), true);
+	ivshmem_write(_metadata, c, 20 * DIRTY_PAGE, DIRTY_PAGE, prng(&s), true);
+	ivshmem_write(_metadata, c, 31 * DIRTY_PAGE - 5, 10, prng(&s), true);
+	ivshmem_write(_metadata, c, c->size - 1, 1, prng(&s), true);
+	ivshmem_write(_metadata, c, 40 * DIRTY_PAGE + 7, 1, prng(&s), false);
+	ivshmem_write(_metadata, c, 51 * DIRTY_PAGE - 1, 2, prng(&s), false);
+	ivshmem_write(_metadata, c, 60 * DIRTY_PAGE, 3 * DIRTY_PAGE, prng(&s), false);
+	ivshmem_write(_metadata, c, mid + DIRTY_PAGE - 3000, 6000, prng(&s), false);
+	/* Pages written before, through the other path: no new page */
+	ivshmem_write(_metadata, c, 20 * DIRTY_PAGE + 9, 1, prng(&s), false);
+	ivshmem_write(_metadata, c, 40 * DIRTY_PAGE + 8, 1, prng(&s), true);
+	ivshmem_write(_metadata, c, c->size - 1, 1, prng(&s), false);
+	pages_add(&ps, 10 * DIRTY_PAGE + 100, 1, PAGE_SENT);
+	pages_add(&ps, 20 * DIRTY_PAGE, DIRTY_PAGE, PAGE_SENT);
+	pages_add(&ps, 31 * DIRTY_PAGE - 5, 10, PAGE_SENT);
+	pages_add(&ps, c->size - 1, 1, PAGE_SENT);
+	pages_add(&ps, 40 * DIRTY_PAGE + 7, 1, PAGE_SENT);
+	pages_add(&ps, 51 * DIRTY_PAGE - 1, 2, PAGE_SENT);
+	pages_add(&ps, 60 * DIRTY_PAGE, 3 * DIRTY_PAGE, PAGE_SENT);
+	pages_add(&ps, mid + DIRTY_PAGE - 3000, 6000, PAGE_SENT);
+	ASSERT_EQ(13, ps.sent);
+
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	EXPECT_EQ(0, info.initial_bytes);
+	EXPECT_EQ(ps.sent * PAGE_REC_SIZE, info.dirty_bytes)
+		TH_LOG("%llu pages written: dirty_bytes %llu, expected %llu",
+		       (unsigned long long)ps.sent, (unsigned long long)info.dirty_bytes,
+		       (unsigned long long)(ps.sent * PAGE_REC_SIZE));
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	EXPECT_EQ(1, poll(&pfd, 1, 0)) TH_LOG("no POLLIN with dirty pages");
+
+	/* Reads of a fixed size end in the middle of records */
+	for (;;) {
+		prev = info;
+		mig_buf_reserve(&got, chunk);
+		r = timed_read(fd, got.data + got.len, chunk);
+		if (r <= 0)
+			break;
+		got.len += r;
+		reads++;
+		ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+		EXPECT_EQ(0, info.initial_bytes);
+		EXPECT_EQ(prev.dirty_bytes - r, info.dirty_bytes)
+			TH_LOG("read %zd bytes: dirty_bytes %llu -> %llu", r,
+			       (unsigned long long)prev.dirty_bytes,
+			       (unsigned long long)info.dirty_bytes);
+		if (_metadata->exit_code || info.dirty_bytes > prev.dirty_bytes)
+			break;
+	}
+	EXPECT_EQ(-ENOMSG, r) TH_LOG("read() with nothing pending: %zd", r);
+	EXPECT_EQ(0, info.dirty_bytes);
+	EXPECT_LE(ps.sent * PAGE_REC_SIZE / chunk, reads);
+	TH_LOG("%llu pages written, %zu bytes read in %d reads of %llu bytes",
+	       (unsigned long long)ps.sent, got.len, reads, (unsigned long long)chunk);
+
+	/* What was read: each written page once, in a record of its own, as it is now */
+	EXPECT_EQ(ps.sent * PAGE_REC_SIZE, got.len);
+	EXPECT_EQ(0, parse_stream(got.data, got.len, &recs, &nr));
+	EXPECT_EQ(ps.sent, nr);
+	for (i = 0; i < nr; i++) {
+		const u8 *p = rec_payload(got.data, &recs[i]);
+		u64 off = get_le64(p);
+
+		EXPECT_EQ(MIG_REC_MEM, recs[i].type);
+		ASSERT_EQ(8 + DIRTY_PAGE, recs[i].length) TH_LOG("record %d", i);
+		ASSERT_EQ(0, off % DIRTY_PAGE);
+		ASSERT_GT(c->size, off);
+		EXPECT_EQ(PAGE_SENT, ps.state[off / DIRTY_PAGE])
+			TH_LOG("page %#llx sent, not written or sent twice",
+			       (unsigned long long)off);
+		ps.state[off / DIRTY_PAGE] = PAGE_UNTOUCHED;
+		EXPECT_EQ(0, memcmp(p + 8, c->mem[0] + off, DIRTY_PAGE))
+			TH_LOG("page %#llx: stale content", (unsigned long long)off);
+	}
+	free(recs);
+
+	/* Sent again, the pages are tracked again */
+	pages_clear(&ps);
+	ivshmem_write(_metadata, c, 20 * DIRTY_PAGE + 1, 1, prng(&s), true);
+	ivshmem_write(_metadata, c, 61 * DIRTY_PAGE + 1, 1, prng(&s), false);
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	EXPECT_EQ(2 * PAGE_REC_SIZE, info.dirty_bytes) TH_LOG("writes to pages sent again");
+	ret = read_available(fd, NULL, &n);
+	EXPECT_EQ(-ENOMSG, ret);
+	EXPECT_EQ(2 * PAGE_REC_SIZE, n);
+
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+	mig_buf_free(&got);
+	free(ps.state);
+}
+
+/*
+ * Just before STOP_COPY, initial_bytes + dirty_bytes is what STOP_COPY
+ * streams before REGS and END: in the middle of the initial image, and
+ * after it with some dirty pages read, some not.
+ */
+TEST_F_TIMEOUT(ivshmem_vfio_pci, precopy_info_predicts_stop_copy, 300)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_precopy_info info;
+	u64 n, done, sent, unsent, want, s = ~c->seed;
+	int pass, fd, ret;
+
+	if (!(c->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "no PRE_COPY");
+	ASSERT_LE(8 * SZ_1M, c->size);
+	for (pass = 0; pass < 2; pass++) {
+		reach_state(_metadata, &c->dev[0], PRE_COPY, NULL, 0, &fd);
+		done = 0;
+		if (pass == 0) {
+			/* Three records and a bit of the fourth */
+			pump_exactly(_metadata, fd, -1, HEADER_REC_SIZE + 3 * IMAGE_REC_SIZE + 17,
+				     &done);
+			image_zones(c->size, done, &sent, &unsent);
+			ASSERT_EQ(3 * SZ_1M, sent);
+			ivshmem_write(_metadata, c, 0, 1, prng(&s), false);
+			ivshmem_write(_metadata, c, SZ_1M - 3, 6, prng(&s), true);
+			ivshmem_write(_metadata, c, sent + 5, 3, prng(&s), true);
+			ivshmem_write(_metadata, c, unsent + SZ_1M, DIRTY_PAGE, prng(&s), false);
+			ivshmem_write(_metadata, c, c->size - 1, 1, prng(&s), true);
+		} else {
+			ret = read_available(fd, NULL, &done);
+			EXPECT_EQ(-ENOMSG, ret);
+			ivshmem_write(_metadata, c, 0, 3 * DIRTY_PAGE, prng(&s), true);
+			ivshmem_write(_metadata, c, 9 * DIRTY_PAGE, 1, prng(&s), false);
+			ivshmem_write(_metadata, c, c->size - 2, 2, prng(&s), false);
+			/* The first record and a bit of the second */
+			pump_exactly(_metadata, fd, -1, PAGE_REC_SIZE + 50, &done);
+			ivshmem_write(_metadata, c, 1, 1, prng(&s), true);
+			ivshmem_write(_metadata, c, 2 * DIRTY_PAGE + 1, 1, prng(&s), false);
+			ivshmem_write(_metadata, c, SZ_2M - 1, 2, prng(&s), true);
+		}
+		ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+		EXPECT_LT(0, info.dirty_bytes) TH_LOG("pass %d: writes to sent pages", pass);
+		want = info.initial_bytes + info.dirty_bytes + STOP_COPY_TAIL;
+		if (c->flags & VFIO_MIGRATION_P2P)
+			ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, PRE_COPY_P2P, NULL));
+		ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP_COPY, NULL));
+		ret = read_available(fd, NULL, &n);
+		EXPECT_EQ(0, ret) TH_LOG("STOP_COPY read: %s", strerror(-ret));
+		EXPECT_EQ(want, n) TH_LOG("pass %d: STOP_COPY streamed %llu, expected %llu",
+					  pass, (unsigned long long)n,
+					  (unsigned long long)want);
+		TH_LOG("pass %d: read %llu, initial_bytes %llu + dirty_bytes %llu, STOP_COPY %llu",
+		       pass, (unsigned long long)done, (unsigned long long)info.initial_bytes,
+		       (unsigned long long)info.dirty_bytes, (unsigned long long)n);
+		ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
+		ASSERT_EQ(0, close(fd));
+	}
+}
+
+/* A thread that writes random ranges of A's BAR2 through the mmap until stopped */
+struct mmap_writer {
+	pthread_t thread;
+	bool started;
+	int stop;
+	u8 *mem;
+	u64 size;
+	u64 seed;
+	u64 writes;
+};
+
+static void *mmap_writer_main(void *arg)
+{
+	struct mmap_writer *w = arg;
+	u8 data[3 * DIRTY_PAGE];
+	u64 s = w->seed | 1, off;
+	sigset_t set;
+	size_t len;
+
+	/* The IO_TIMEOUT alarm is for the main thread */
+	sigemptyset(&set);
+	sigaddset(&set, SIGALRM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
+		random_range(&s, 0, w->size, &off, &len);
+		prng_fill(prng(&s), data, len);
+		memcpy(w->mem + off, data, len);
+		if (!(++w->writes % 16))
+			usleep(500);
+	}
+	return NULL;
+}
+
+static int mmap_writer_start(struct mmap_writer *w, u8 *mem, u64 size, u64 seed)
+{
+	int ret;
+
+	w->mem = mem;
+	w->size = size;
+	w->seed = seed;
+	w->writes = 0;
+	w->stop = 0;
+	ret = pthread_create(&w->thread, NULL, mmap_writer_main, w);
+	w->started = !ret;
+	return -ret;
+}
+
+static void mmap_writer_stop(struct mmap_writer *w)
+{
+	if (!w->started)
+		return;
+	__atomic_store_n(&w->stop, 1, __ATOMIC_RELAXED);
+	pthread_join(w->thread, NULL);
+	w->started = false;
+}
+
+FIXTURE(ivshmem_vfio_pci_dirty) {
+	struct ivshmem_ctx c;
+	struct page_set ps;
+	struct mmap_writer w;
+};
+
+FIXTURE_VARIANT(ivshmem_vfio_pci_dirty) {
+	u64 seed;
+	/* Writes through the mmap too, not only through pwrite() */
+	bool by_mmap;
+	/* A thread writes through the mmap all through PRE_COPY */
+	bool thread;
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_dirty, mixed_seed1) {
+	.seed = 1,
+	.by_mmap = true,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_dirty, mixed_seed2) {
+	.seed = 2,
+	.by_mmap = true,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_dirty, mixed_thread_seed3) {
+	.seed = 3,
+	.by_mmap = true,
+	.thread = true,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_dirty, pwrite_seed4) {
+	.seed = 4,
+	.by_mmap = false,
+};
+
+FIXTURE_SETUP(ivshmem_vfio_pci_dirty)
+{
+	ivshmem_setup(_metadata, &self->c);
+}
+
+FIXTURE_TEARDOWN(ivshmem_vfio_pci_dirty)
+{
+	mmap_writer_stop(&self->w);
+	free(self->ps.state);
+	ivshmem_teardown(&self->c);
+}
+
+#define DIRTY_ROUNDS		4
+#define WRITES_PER_ROUND	32
+/* Stops in the initial image, with writes at each */
+#define IMAGE_STOPS		8
+/* Bytes a drain may read while the thread writes */
+#define THREAD_DRAIN_BUDGET	(8 * SZ_1M)
+
+/*
+ * Read what PRE_COPY has, into B. Without concurrent writes, dirty_bytes
+ * must fall by what each read returned and reach 0 with ENOMSG.
+ */
+static void drain_precopy(struct __test_metadata *_metadata, int from, int to,
+			  u64 *s, bool exact, u64 *done)
+{
+	struct vfio_precopy_info info, prev;
+	u64 total = 0;
+	ssize_t n;
+
+	ASSERT_EQ(0, vfio_mig_precopy_info(from, &info));
+	for (;;) {
+		prev = info;
+		n = pump(_metadata, from, to,
+			 exact ? 1 + prng(s) % (3 * PAGE_REC_SIZE) : SZ_1M);
+		if (n <= 0)
+			break;
+		total += n;
+		ASSERT_EQ(0, vfio_mig_precopy_info(from, &info));
+		EXPECT_EQ(0, info.initial_bytes);
+		if (exact)
+			EXPECT_EQ(prev.dirty_bytes - n, info.dirty_bytes)
+				TH_LOG("read %zd bytes: dirty_bytes %llu -> %llu", n,
+				       (unsigned long long)prev.dirty_bytes,
+				       (unsigned long long)info.dirty_bytes);
+		if (_metadata->exit_code || (!exact && total >= THREAD_DRAIN_BUDGET))
+			break;
+	}
+	if (exact || n <= 0)
+		EXPECT_EQ(-ENOMSG, n) TH_LOG("drained PRE_COPY read: %zd", n);
+	if (exact)
+		EXPECT_EQ(0, info.dirty_bytes);
+	*done += total;
+}
+
+/*
+ * A -> B as QEMU does, B's resuming fd fed while A's saving fd is read,
+ * with random writes to A's BAR2 all along: while the initial image is read
+ * (to pages sent and not sent yet), between PRE_COPY rounds, by a thread
+ * through the mmap (one variant), and a last batch before STOP_COPY. B ends
+ * up with all of A's BAR2; dirty_bytes and the STOP_COPY size are exact
+ * whenever the test knows what was written.
+ */
+TEST_F_TIMEOUT(ivshmem_vfio_pci_dirty, random_writes_migrate, 300)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_mig_device *a = &c->dev[0], *b = &c->dev[1];
+	u64 s = c->seed ^ (variant->seed * 0x9e3779b97f4a7c15ULL);
+	u64 done = 0, step, left, n, sent, unsent, off, want;
+	struct vfio_precopy_info info, prev;
+	struct page_set *ps = &self->ps;
+	int a_fd, b_fd, round, i, ret;
+	bool exact = !variant->thread;
+	size_t len;
+	ssize_t r;
+
+	if (!(c->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "no PRE_COPY");
+	ASSERT_LE(8 * SZ_1M, c->size);
+	ASSERT_EQ(0, pages_init(ps, c->size));
+	ivshmem_fill(_metadata, c);
+	TH_LOG("variant seed %#llx: writes through %s%s", (unsigned long long)s,
+	       variant->by_mmap ? "the mmap and pwrite()" : "pwrite() only",
+	       variant->thread ? ", and a thread through the mmap" : "");
+
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, RESUMING, &b_fd));
+	ASSERT_LE(0, b_fd);
+	reach_state(_metadata, a, PRE_COPY, NULL, 0, &a_fd);
+	if (variant->thread)
+		ASSERT_EQ(0, mmap_writer_start(&self->w, c->mem[0], c->size, prng(&s)));
+
+	/* The initial image, with writes before and behind what was read */
+	ASSERT_EQ(0, vfio_mig_precopy_info(a_fd, &info));
+	step = info.initial_bytes / IMAGE_STOPS + 4099;
+	while (info.initial_bytes) {
+		left = step < info.initial_bytes ? step : info.initial_bytes;
+		while (left) {
+			prev = info;
+			r = pump(_metadata, a_fd, b_fd, left);
+			ASSERT_LT(0, r) TH_LOG("initial image: %s", r ? strerror(-r) : "EOF");
+			left -= r;
+			done += r;
+			ASSERT_EQ(0, vfio_mig_precopy_info(a_fd, &info));
+			EXPECT_EQ(prev.initial_bytes - r, info.initial_bytes)
+				TH_LOG("read %zd bytes: initial_bytes %llu -> %llu", r,
+				       (unsigned long long)prev.initial_bytes,
+				       (unsigned long long)info.initial_bytes);
+		}
+		if (!info.initial_bytes)
+			break;
+		image_zones(c->size, done, &sent, &unsent);
+		for (i = 0; i < 6; i++) {
+			bool by_mmap = variant->by_mmap && (prng(&s) & 1);
+			u64 lo = 0, hi = sent;
+			u8 how = PAGE_SENT;
+
+			if (i == 2) {
+				lo = sent;
+				hi = unsent;
+				how = PAGE_MAYBE;
+			} else if (i > 2) {
+				lo = unsent;
+				hi = c->size;
+				how = PAGE_UNTOUCHED;
+			}
+			if (hi - lo < 4 * DIRTY_PAGE)
+				continue;
+			random_range(&s, lo, hi, &off, &len);
+			ivshmem_write(_metadata, c, off, len, prng(&s), by_mmap);
+			if (how != PAGE_UNTOUCHED)
+				pages_add(ps, off, len, how);
+		}
+		if (exact)
+			expect_dirty(_metadata, a_fd, ps, "in the initial image");
+	}
+	if (exact)
+		expect_dirty(_metadata, a_fd, ps, "at the end of the initial image");
+	TH_LOG("initial image read: %llu bytes, %llu pages written behind it, %llu maybe",
+	       (unsigned long long)done, (unsigned long long)ps->sent,
+	       (unsigned long long)ps->maybe);
+
+	/* PRE_COPY rounds: drain, write; the thread stops before the last */
+	for (round = 0; round <= DIRTY_ROUNDS; round++) {
+		drain_precopy(_metadata, a_fd, b_fd, &s, exact, &done);
+		if (round == DIRTY_ROUNDS && variant->thread) {
+			mmap_writer_stop(&self->w);
+			TH_LOG("the thread wrote %llu times", (unsigned long long)self->w.writes);
+			EXPECT_LT(0, self->w.writes);
+			exact = true;
+			drain_precopy(_metadata, a_fd, b_fd, &s, exact, &done);
+		}
+		pages_clear(ps);
+		for (i = 0; i < WRITES_PER_ROUND; i++) {
+			random_range(&s, 0, c->size, &off, &len);
+			ivshmem_write(_metadata, c, off, len, prng(&s),
+				      variant->by_mmap && (prng(&s) & 1));
+			pages_add(ps, off, len, PAGE_SENT);
+		}
+		if (round == 1) {
+			c->intrmask ^= 0x10;
+			ivshmem_set_reg(_metadata, c, 0, IVSHMEM_INTRMASK, c->intrmask);
+		}
+		if (exact)
+			expect_dirty(_metadata, a_fd, ps, "after a round of writes");
+	}
+
+	/* STOP_COPY: exactly what PRE_COPY still had, REGS and END */
+	ASSERT_EQ(0, vfio_mig_precopy_info(a_fd, &info));
+	EXPECT_EQ(0, info.initial_bytes);
+	want = info.initial_bytes + info.dirty_bytes + STOP_COPY_TAIL;
+	if (c->flags & VFIO_MIGRATION_P2P)
+		ASSERT_EQ(0, vfio_mig_set_state(a->fd, PRE_COPY_P2P, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP_COPY, NULL));
+	n = 0;
+	while ((r = pump(_metadata, a_fd, b_fd, SZ_1M)) > 0)
+		n += r;
+	EXPECT_EQ(0, r) TH_LOG("STOP_COPY read: %s", strerror(-r));
+	EXPECT_EQ(want, n) TH_LOG("dirty_bytes %llu before STOP_COPY, which streamed %llu",
+				  (unsigned long long)info.dirty_bytes, (unsigned long long)n);
+	TH_LOG("%llu bytes in PRE_COPY, %llu in STOP_COPY", (unsigned long long)done,
+	       (unsigned long long)n);
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP, NULL));
+
+	ret = vfio_mig_set_state(b->fd, STOP, NULL);
+	ASSERT_EQ(0, ret) TH_LOG("B: RESUMING -> STOP: %s", strerror(-ret));
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, RUNNING, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(a_fd));
+	ASSERT_EQ(0, close(b_fd));
+
+	expect_mem(_metadata, c->mem[1], c->mem[0], c->size, "B's BAR2 against A's");
+	if (!variant->thread)
+		expect_mem(_metadata, c->mem[0], c->expect, c->size, "A's BAR2 against the writes");
+	EXPECT_EQ(c->intrmask, ivshmem_reg(_metadata, c, 1, IVSHMEM_INTRMASK));
+	EXPECT_EQ(c->intrstatus, ivshmem_reg(_metadata, c, 1, IVSHMEM_INTRSTATUS));
+	EXPECT_EQ(c->intrmask, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK));
+	EXPECT_EQ(c->intrstatus, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRSTATUS));
 }
 
 /* ------------------------------------------------------------------ */
