@@ -625,9 +625,6 @@ impl<T: Driver> TrackOps<T> {
             return sigbus;
         };
         let pfn = (start >> bindings::PAGE_SHIFT) + page;
-
-        T::bar_mmap_write(dev, bar, page << bindings::PAGE_SHIFT);
-
         let core = dev.as_core_raw();
         // SAFETY: The device is open (the mapping holds its file); `memory_lock` is initialised.
         unsafe { bindings::down_read(&raw mut (*core).memory_lock) };
@@ -654,6 +651,14 @@ impl<T: Driver> TrackOps<T> {
         };
         // SAFETY: Taken above.
         unsafe { bindings::up_read(&raw mut (*core).memory_lock) };
+
+        // Notify only once the writable page is mapped, still before the write lands (it is
+        // retried when the fault returns): if the driver re-arms the page in between (unmarks
+        // it, unmaps it, copies it), the write faults again and notifies again. Notified
+        // before the mapping, a re-arm in between would be lost and the write untracked.
+        if ret == bindings::vm_fault_reason_VM_FAULT_NOPAGE {
+            T::bar_mmap_write(dev, bar, page << bindings::PAGE_SHIFT);
+        }
         ret
     }
 
