@@ -74,6 +74,22 @@ bar_size() {
 			echo $((end - start + 1)))
 }
 
+# emit_results FILE PREFIX SUFFIX: FILE has one "STATUS<tab>NAME[ # DIRECTIVE]"
+# line per result; emit each as our TAP line "PREFIX NAME SUFFIX". Sets nres
+# and nfail.
+emit_results() {
+	nres=0
+	nfail=0
+	while IFS="$(printf '\t')" read -r status rest; do
+		nres=$((nres + 1))
+		name=${rest%% # *}
+		directive=
+		[ "$name" != "$rest" ] && directive=${rest#* # }
+		[ "$status" = "not ok" ] && nfail=$((nfail + 1))
+		tap_result "$status" "$2$name$3" "$directive"
+	done <"$1"
+}
+
 # run_kselftest BINARY DEVICES [ARGS...]: run a kselftest_harness program
 # against DEVICES (a BDF or mdev UUID, or several separated by spaces, passed
 # as separate arguments) and turn each of its result lines into one of ours,
@@ -92,16 +108,7 @@ run_kselftest() {
 	cat "$out"
 	# Top-level harness results only ("ok N name" / "not ok N name # SKIP ...").
 	sed -n 's/^\(not ok\|ok\) [0-9]\+ \(.*\)$/\1\t\2/p' "$out" >/tmp/results
-	nres=0
-	nfail=0
-	while IFS="$(printf '\t')" read -r status rest; do
-		nres=$((nres + 1))
-		name=${rest%% # *}
-		directive=
-		[ "$name" != "$rest" ] && directive=${rest#* # }
-		[ "$status" = "not ok" ] && nfail=$((nfail + 1))
-		tap_result "$status" "$prog: $name $tag" "$directive"
-	done </tmp/results
+	emit_results /tmp/results "$prog: " " $tag"
 	if [ $rc = 4 ] && [ $nres = 0 ]; then
 		tap_result ok "$prog $tag" "SKIP whole program skipped"
 	elif [ $rc != 0 ] && [ $nfail = 0 ]; then
@@ -154,13 +161,6 @@ check_kunit() {
 	# test results are the indented ones.
 	dmesg | sed -n "/# Subtest: $1\$/,/^\[[^]]*\] \(not \)\?ok [0-9]\+ $1\$/p" |
 		sed -n 's/^\[[^]]*\]  \+\(not ok\|ok\) [0-9]\+ \(.*\)$/\1\t\2/p' >/tmp/kunit
-	n=0
-	while IFS="$(printf '\t')" read -r status rest; do
-		n=$((n + 1))
-		name=${rest%% # *}
-		directive=
-		[ "$name" != "$rest" ] && directive=${rest#* # }
-		tap_result "$status" "kunit: $1.$name" "$directive"
-	done </tmp/kunit
-	[ $n -gt 0 ] || tap_result "not ok" "kunit: $1 did not run" ""
+	emit_results /tmp/kunit "kunit: $1." ""
+	[ $nres -gt 0 ] || tap_result "not ok" "kunit: $1 did not run" ""
 }
