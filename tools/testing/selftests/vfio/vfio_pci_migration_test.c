@@ -1065,13 +1065,26 @@ TEST_F_TIMEOUT(vfio_migration, data_size_bounds_stop_copy, 300)
 	ASSERT_EQ(0, close(fd));
 }
 
+/* After a reset or a re-open, a new saving session streams data. */
+static void new_session_works(struct __test_metadata *_metadata,
+			      struct vfio_mig_device *dev)
+{
+	int fd;
+	u8 byte;
+
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &fd));
+	ASSERT_LE(0, fd);
+	EXPECT_EQ(1, timed_read(fd, &byte, 1));
+	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+}
+
 TEST_F_TIMEOUT(vfio_migration, reset_in_every_state, 300)
 {
 	struct vfio_mig_device *dev = &self->dev[0];
 	struct mig_buf stream = {};
 	u32 state;
-	int fd, nfd, ret;
-	u8 byte;
+	int fd, ret;
 
 	save_stop_copy(_metadata, dev, &stream);
 	for (state = STOP; state < NR_STATES; state++) {
@@ -1088,12 +1101,7 @@ TEST_F_TIMEOUT(vfio_migration, reset_in_every_state, 300)
 				       vfio_mig_state_name(state));
 			EXPECT_EQ(0, close(fd));
 		}
-		/* A new session works */
-		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &nfd));
-		ASSERT_LE(0, nfd);
-		EXPECT_EQ(1, timed_read(nfd, &byte, 1));
-		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
-		ASSERT_EQ(0, close(nfd));
+		new_session_works(_metadata, dev);
 	}
 	mig_buf_free(&stream);
 }
@@ -1103,9 +1111,8 @@ TEST_F_TIMEOUT(vfio_migration, close_device_in_every_state, 300)
 	struct vfio_mig_device *dev = &self->dev[0];
 	struct vfio_precopy_info info;
 	struct mig_buf stream = {};
-	int fd, nfd, ret;
+	int fd, ret;
 	u32 state, now;
-	u8 byte;
 
 	save_stop_copy(_metadata, dev, &stream);
 	for (state = STOP; state < NR_STATES; state++) {
@@ -1133,12 +1140,7 @@ TEST_F_TIMEOUT(vfio_migration, close_device_in_every_state, 300)
 		}
 		ASSERT_EQ(0, to_running(dev));
 
-		/* A new session works */
-		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &nfd));
-		ASSERT_LE(0, nfd);
-		EXPECT_EQ(1, timed_read(nfd, &byte, 1));
-		ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
-		ASSERT_EQ(0, close(nfd));
+		new_session_works(_metadata, dev);
 	}
 	mig_buf_free(&stream);
 }
