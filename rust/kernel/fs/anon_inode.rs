@@ -25,6 +25,7 @@ use crate::{
         file::flags,
         File, //
     },
+    mm::pin::PinnedUserPages,
     module::this_module,
     prelude::*,
     sync::{
@@ -33,15 +34,92 @@ use crate::{
     },
     types::ForeignOwnable,
     uaccess::{
-        UserSlice,
-        UserSliceReader,
-        UserSliceWriter, //
+        UserPtr,
+        UserSlice, //
     }, //
 };
 use core::{
     marker::PhantomData,
     ptr::NonNull, //
 };
+
+/// The user buffer of one `read()` or `write()` of an anonymous-inode file, consumed from its
+/// start.
+///
+/// Bytes are either copied, which may fault ([`UserBuffer::write_slice`],
+/// [`UserBuffer::read_slice`]), or pinned first ([`UserBuffer::pin`]), copied through the
+/// kernel mapping of the pinned pages, possibly with locks held that a fault would need, and then
+/// consumed ([`UserBuffer::advance`]).
+pub struct UserBuffer {
+    ptr: UserPtr,
+    len: usize,
+}
+
+impl UserBuffer {
+    fn new(ptr: UserPtr, len: usize) -> Self {
+        Self { ptr, len }
+    }
+
+    /// Returns the number of bytes not consumed yet.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Returns `true` if the whole buffer was consumed.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Consumes `n` bytes (at most [`UserBuffer::len`]).
+    pub fn advance(&mut self, n: usize) -> Result {
+        if n > self.len {
+            return Err(EINVAL);
+        }
+        self.ptr = self.ptr.wrapping_byte_add(n);
+        self.len -= n;
+        Ok(())
+    }
+
+    /// Copies `data` to the buffer (of a `read()`) and consumes it.
+    ///
+    /// Fails with `EFAULT`, consuming nothing, if the buffer is shorter or not writable.
+    pub fn write_slice(&mut self, data: &[u8]) -> Result {
+        if data.len() > self.len {
+            return Err(EFAULT);
+        }
+        UserSlice::new(self.ptr, data.len())
+            .writer()
+            .write_slice(data)?;
+        self.advance(data.len())
+    }
+
+    /// Fills `out` from the buffer (of a `write()`) and consumes what was read.
+    ///
+    /// Fails with `EFAULT`, consuming nothing, if the buffer is shorter or not readable.
+    pub fn read_slice(&mut self, out: &mut [u8]) -> Result {
+        if out.len() > self.len {
+            return Err(EFAULT);
+        }
+        UserSlice::new(self.ptr, out.len())
+            .reader()
+            .read_slice(out)?;
+        self.advance(out.len())
+    }
+
+    /// Pins the next `len` bytes of the buffer, for writing by the kernel if `write` is set (the
+    /// buffer of a `read()`); consumes nothing.
+    ///
+    /// Fails like [`PinnedUserPages::new`], for example for a buffer that is an `mmap()` of
+    /// device memory: callers then fall back to copying.
+    pub fn pin(&self, len: usize, write: bool) -> Result<PinnedUserPages> {
+        if len > self.len {
+            return Err(EINVAL);
+        }
+        PinnedUserPages::new(self.ptr, len, write)
+    }
+}
 
 /// Event masks returned by [`AnonFile::poll`].
 ///
@@ -179,11 +257,11 @@ pub trait AnonFile: Sized + Send + Sync + 'static {
     ///
     /// Called for `read()` and `readv()`. The file is a stream: there is no file position, so the
     /// implementation keeps track of how far the data has been consumed. Returns the number of
-    /// bytes written to `buf` (at most `buf.len()`), with `0` meaning end of file.
+    /// bytes written to `buf` (at most its length when called), with `0` meaning end of file.
     fn read(
         _this: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
         _file: &File,
-        _buf: &mut UserSliceWriter,
+        _buf: &mut UserBuffer,
     ) -> Result<usize> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
@@ -191,11 +269,11 @@ pub trait AnonFile: Sized + Send + Sync + 'static {
     /// Writes `buf` to the file.
     ///
     /// Called for `write()` and `writev()`. The file is a stream: there is no file position.
-    /// Returns the number of bytes consumed from `buf` (at most `buf.len()`).
+    /// Returns the number of bytes consumed from `buf` (at most its length when called).
     fn write(
         _this: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
         _file: &File,
-        _buf: &mut UserSliceReader,
+        _buf: &mut UserBuffer,
     ) -> Result<usize> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
@@ -270,7 +348,8 @@ pub trait AnonFile: Sized + Send + Sync + 'static {
 ///         anon_inode::{
 ///             self,
 ///             poll_mask,
-///             AnonFile, //
+///             AnonFile,
+///             UserBuffer, //
 ///         },
 ///         file::flags,
 ///         File, //
@@ -288,7 +367,6 @@ pub trait AnonFile: Sized + Send + Sync + 'static {
 ///         ArcBorrow,
 ///         Mutex, //
 ///     },
-///     uaccess::UserSliceWriter,
 /// };
 ///
 /// struct SaveState {
@@ -312,7 +390,7 @@ pub trait AnonFile: Sized + Send + Sync + 'static {
 ///     fn read(
 ///         this: ArcBorrow<'_, SaveFile>,
 ///         file: &File,
-///         buf: &mut UserSliceWriter,
+///         buf: &mut UserBuffer,
 ///     ) -> Result<usize> {
 ///         let mut st = this.state.lock();
 ///         while !st.done && st.pos == st.data.len() {
@@ -461,9 +539,9 @@ impl<T: AnonFile> AnonFileVTable<T> {
         let (this, file) = unsafe { Self::borrow(file) };
         // `_ppos` is NULL when called by the read/write syscalls on a stream file; a stream has no
         // position, so it is ignored whatever it is.
-        let mut writer = UserSlice::new(UserPtr::from_ptr(buf.cast()), len).writer();
+        let mut out = UserBuffer::new(UserPtr::from_ptr(buf.cast()), len);
 
-        match T::read(this, file, &mut writer) {
+        match T::read(this, file, &mut out) {
             // CAST: The VFS caps `len` at `MAX_RW_COUNT`, so it fits in an `isize`.
             Ok(n) => n.min(len) as isize,
             Err(err) => err.to_errno() as isize,
@@ -485,9 +563,9 @@ impl<T: AnonFile> AnonFileVTable<T> {
         let (this, file) = unsafe { Self::borrow(file) };
         // `_ppos` is NULL when called by the read/write syscalls on a stream file; a stream has no
         // position, so it is ignored whatever it is.
-        let mut reader = UserSlice::new(UserPtr::from_ptr(buf.cast_mut().cast()), len).reader();
+        let mut inp = UserBuffer::new(UserPtr::from_ptr(buf.cast_mut().cast()), len);
 
-        match T::write(this, file, &mut reader) {
+        match T::write(this, file, &mut inp) {
             // CAST: The VFS caps `len` at `MAX_RW_COUNT`, so it fits in an `isize`.
             Ok(n) => n.min(len) as isize,
             Err(err) => err.to_errno() as isize,

@@ -191,6 +191,10 @@ pub const RECORD_END: u32 = 2;
 pub const RECORD_DRIVER_BASE: u32 = 0x100;
 /// Record flag: a reader that does not know the record type skips the record.
 pub const RECORD_OPTIONAL: u32 = 1;
+/// Size of the prefix of a *direct* record: the little-endian 64-bit offset of its data in the
+/// memory it belongs to. The rest of the payload is the data, which the reader does not buffer
+/// (see [`StreamReader::new`]).
+pub const DIRECT_PREFIX: usize = 8;
 
 /// Size of the fixed part of the HEADER payload: magic, version, identity length.
 const HEADER_FIXED: usize = 16;
@@ -309,28 +313,55 @@ impl StreamWriter {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result,
     ) -> Result {
-        if self.ended || len > MAX_RECORD_PAYLOAD {
+        let start = buf.len();
+        self.append_head(buf, ty, flags, len, &[])?;
+        if let Err(e) = buf.resize(start + record_size(len), 0, GFP_KERNEL) {
+            self.unappend(buf, start, len);
+            return Err(e.into());
+        }
+        if let Err(e) = fill(&mut buf[start + RECORD_HEADER_SIZE..]) {
+            self.unappend(buf, start, len);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Appends the header of a record of type `ty` with `len` payload bytes, and the first
+    /// `head.len()` of them; the caller delivers the other `len - head.len()` bytes right after
+    /// these, before anything else of the stream.
+    ///
+    /// On error `buf` is left as it was.
+    pub fn append_head(
+        &mut self,
+        buf: &mut KVVec<u8>,
+        ty: u32,
+        flags: u32,
+        len: usize,
+        head: &[u8],
+    ) -> Result {
+        if self.ended || len > MAX_RECORD_PAYLOAD || head.len() > len {
             return Err(EINVAL);
         }
-        let start = buf.len();
         let hdr = RecordHeader {
             ty,
             flags,
             len: len as u64,
             session: self.session,
         };
+        // Both appends below fit in the reserved space, so they cannot fail half-way.
+        buf.reserve(RECORD_HEADER_SIZE + head.len(), GFP_KERNEL)?;
         buf.extend_from_slice(&hdr.encode(), GFP_KERNEL)?;
-        if let Err(e) = buf.resize(start + record_size(len), 0, GFP_KERNEL) {
-            buf.truncate(start);
-            return Err(e.into());
-        }
-        if let Err(e) = fill(&mut buf[start + RECORD_HEADER_SIZE..]) {
-            buf.truncate(start);
-            return Err(e);
-        }
+        buf.extend_from_slice(head, GFP_KERNEL)?;
         self.records += 1;
         self.bytes += record_size(len) as u64;
         Ok(())
+    }
+
+    /// Takes back the record of `len` payload bytes appended at `start` of `buf`.
+    fn unappend(&mut self, buf: &mut KVVec<u8>, start: usize, len: usize) {
+        buf.truncate(start);
+        self.records -= 1;
+        self.bytes -= record_size(len) as u64;
     }
 
     /// Appends the HEADER record, which carries the device identity.
@@ -367,22 +398,43 @@ pub struct Record<'a> {
     pub ty: u32,
     /// The record flags.
     pub flags: u32,
-    /// The payload.
+    /// The payload; only its [`DIRECT_PREFIX`] bytes for a direct record.
     pub payload: &'a [u8],
+}
+
+/// Where the next bytes of a resumed stream go, as told by [`StreamReader::input`].
+pub enum Input<'a> {
+    /// Into this buffer, which is never empty.
+    Buffer(&'a mut [u8]),
+    /// They are data of a direct record, which the caller moves itself (for example to device
+    /// memory at `offset + at`).
+    Direct {
+        /// The record type.
+        ty: u32,
+        /// The offset in the record's prefix.
+        offset: u64,
+        /// How much of the record's data came before.
+        at: u64,
+        /// The size of the record's data; `total - at` bytes of it are still to come (at least
+        /// one).
+        total: u64,
+    },
 }
 
 /// Parses and validates the stream of one resuming session as it arrives.
 ///
-/// The caller writes incoming bytes into [`StreamReader::buffer`] and reports them with
-/// [`StreamReader::advance`], which returns each complete driver record. Any fault puts the
-/// reader in an error state that every later call reports.
+/// The caller asks [`StreamReader::input`] where the incoming bytes go, moves them there and
+/// reports them with [`StreamReader::advance`], which returns each complete driver record. Any
+/// fault puts the reader in an error state that every later call reports.
 ///
 /// # Invariants
 ///
 /// - `hdr_fill <= RECORD_HEADER_SIZE`; while `cur` is `Some(h)`, `h.len <= MAX_RECORD_PAYLOAD`,
-///   `payload.len() == h.len` and `payload_fill <= h.len`.
+///   `payload_fill <= h.len` and `payload.len()` is `h.len`, or [`DIRECT_PREFIX`] (at most
+///   `h.len`) if `h.ty` is in `direct`.
 pub struct StreamReader {
     identity: KVec<u8>,
+    direct: KVec<u32>,
     hdr: [u8; RECORD_HEADER_SIZE],
     hdr_fill: usize,
     cur: Option<RecordHeader>,
@@ -397,11 +449,18 @@ pub struct StreamReader {
 
 impl StreamReader {
     /// Creates a reader that accepts streams of devices with identity `identity`.
-    pub fn new(identity: &[u8]) -> Result<Self> {
+    ///
+    /// Records of the types in `direct` are *direct* records: their payload starts with a
+    /// [`DIRECT_PREFIX`], which the reader buffers, and the rest is data, which the reader never
+    /// buffers but hands to the caller as [`Input::Direct`].
+    pub fn new(identity: &[u8], direct: &[u32]) -> Result<Self> {
         let mut id = KVec::with_capacity(identity.len(), GFP_KERNEL)?;
         id.extend_from_slice(identity, GFP_KERNEL)?;
+        let mut types = KVec::with_capacity(direct.len(), GFP_KERNEL)?;
+        types.extend_from_slice(direct, GFP_KERNEL)?;
         Ok(Self {
             identity: id,
+            direct: types,
             hdr: [0; RECORD_HEADER_SIZE],
             hdr_fill: 0,
             cur: None,
@@ -430,10 +489,10 @@ impl StreamReader {
         self.error.unwrap_or(e)
     }
 
-    /// Returns the buffer the next bytes of the stream must be written to; it is never empty.
+    /// Returns where the next bytes of the stream go.
     ///
     /// Fails if the reader is in an error state or the stream already ended (data after END).
-    pub fn buffer(&mut self) -> Result<&mut [u8]> {
+    pub fn input(&mut self) -> Result<Input<'_>> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -441,17 +500,26 @@ impl StreamReader {
             return Err(self.fail(EINVAL));
         }
         match self.cur {
-            None => Ok(&mut self.hdr[self.hdr_fill..]),
-            // INVARIANT: A record with an empty payload completes in `advance`, so the payload
-            // slice is not empty here.
-            Some(_) => Ok(&mut self.payload[self.payload_fill..]),
+            None => Ok(Input::Buffer(&mut self.hdr[self.hdr_fill..])),
+            // A record completes in `advance` once `payload_fill == h.len`, so neither the rest
+            // of the payload buffer nor the rest of the direct data is empty here.
+            Some(_) if self.payload_fill < self.payload.len() => {
+                Ok(Input::Buffer(&mut self.payload[self.payload_fill..]))
+            }
+            Some(h) => Ok(Input::Direct {
+                ty: h.ty,
+                offset: le64(&self.payload[..DIRECT_PREFIX]),
+                at: (self.payload_fill - DIRECT_PREFIX) as u64,
+                total: h.len - DIRECT_PREFIX as u64,
+            }),
         }
     }
 
-    /// Accounts `n` bytes written to [`StreamReader::buffer`].
+    /// Accounts `n` bytes moved where [`StreamReader::input`] said.
     ///
     /// Returns a complete driver record, if these bytes completed one; HEADER and END are
-    /// handled here. `n` must not exceed the length of the last buffer returned.
+    /// handled here. `n` must not exceed the length of the last buffer returned, or the data
+    /// still to come of a direct record.
     pub fn advance(&mut self, n: usize) -> Result<Option<Record<'_>>> {
         if let Some(e) = self.error {
             return Err(e);
@@ -473,8 +541,13 @@ impl StreamReader {
                 }
             }
             Some(h) => {
-                // `h.len <= MAX_RECORD_PAYLOAD` by the type invariants.
-                if n > h.len as usize - self.payload_fill {
+                // `payload.len() <= h.len <= MAX_RECORD_PAYLOAD` by the type invariants.
+                let room = if self.payload_fill < self.payload.len() {
+                    self.payload.len() - self.payload_fill
+                } else {
+                    h.len as usize - self.payload_fill
+                };
+                if n > room {
                     return Err(self.fail(EINVAL));
                 }
                 self.payload_fill += n;
@@ -503,17 +576,24 @@ impl StreamReader {
             return Err(self.fail(EINVAL));
         }
         // CAST: `h.len <= MAX_RECORD_PAYLOAD` fits in `usize`.
-        let len = h.len as usize;
+        let mut len = h.len as usize;
+        if self.direct.contains(&h.ty) {
+            if len < DIRECT_PREFIX {
+                return Err(self.fail(EINVAL));
+            }
+            len = DIRECT_PREFIX;
+        }
         if self.payload.capacity() < len {
-            self.payload = KVVec::with_capacity(MAX_RECORD_PAYLOAD, GFP_KERNEL)
-                .map_err(|e| self.fail(e.into()))?;
+            self.payload =
+                KVVec::with_capacity(len, GFP_KERNEL).map_err(|e| self.fail(e.into()))?;
         }
         self.payload.clear();
         self.payload
             .resize(len, 0, GFP_KERNEL)
             .map_err(|e| self.fail(e.into()))?;
         self.payload_fill = 0;
-        // INVARIANT: `len <= MAX_RECORD_PAYLOAD` and `payload.len() == len`.
+        // INVARIANT: `h.len <= MAX_RECORD_PAYLOAD`; `payload.len()` is `h.len` or, for a direct
+        // record, `DIRECT_PREFIX <= h.len`.
         self.cur = Some(h);
         Ok(())
     }
@@ -603,9 +683,17 @@ mod tests {
         let mut seen = KVec::new();
         let mut off = 0;
         while off < data.len() {
-            let buf = r.buffer()?;
-            let n = buf.len().min(chunk).min(data.len() - off);
-            buf[..n].copy_from_slice(&data[off..off + n]);
+            let n = match r.input()? {
+                Input::Buffer(buf) => {
+                    let n = buf.len().min(chunk).min(data.len() - off);
+                    buf[..n].copy_from_slice(&data[off..off + n]);
+                    n
+                }
+                // CAST: Test data is small.
+                Input::Direct { at, total, .. } => {
+                    ((total - at) as usize).min(chunk).min(data.len() - off)
+                }
+            };
             off += n;
             if let Some(rec) = r.advance(n)? {
                 seen.push((rec.ty, rec.payload.len()), GFP_KERNEL)?;
@@ -671,7 +759,7 @@ mod tests {
             &[(0x100, 0, &data), (0x101, 0, &[1, 2, 3, 4, 5, 6, 7, 8])],
         )?;
         for chunk in [1, 7, 24, 25, 4096] {
-            let mut r = StreamReader::new(ID)?;
+            let mut r = StreamReader::new(ID, &[])?;
             let seen = feed(&mut r, &s, chunk)?;
             assert_eq!(&seen[..], &[(0x100, 3000), (0x101, 8)]);
             r.finish()?;
@@ -680,10 +768,59 @@ mod tests {
     }
 
     #[test]
+    fn direct_records_pass_through() -> Result {
+        let mut mem = [0x11u8; 3000];
+        mem[..DIRECT_PREFIX].copy_from_slice(&40u64.to_le_bytes());
+        let s = stream(
+            7,
+            &[(0x100, 0, &mem), (0x101, 0, &[1, 2, 3, 4, 5, 6, 7, 8])],
+        )?;
+        for chunk in [1, 7, 24, 33, 4096] {
+            let mut r = StreamReader::new(ID, &[0x100])?;
+            let (mut off, mut direct) = (0, 0u64);
+            let mut seen = KVec::new();
+            while off < s.len() {
+                let n = match r.input()? {
+                    Input::Buffer(buf) => {
+                        let n = buf.len().min(chunk).min(s.len() - off);
+                        buf[..n].copy_from_slice(&s[off..off + n]);
+                        n
+                    }
+                    Input::Direct {
+                        ty,
+                        offset,
+                        at,
+                        total,
+                    } => {
+                        // The data arrives in order, never buffered, with its prefix decoded.
+                        assert_eq!((ty, offset, at, total), (0x100, 40, direct, 2992));
+                        // CAST: Test data is small.
+                        let n = ((total - at) as usize).min(chunk).min(s.len() - off);
+                        direct += n as u64;
+                        n
+                    }
+                };
+                off += n;
+                if let Some(rec) = r.advance(n)? {
+                    seen.push((rec.ty, rec.payload.len()), GFP_KERNEL)?;
+                }
+            }
+            assert_eq!(direct, 2992);
+            assert_eq!(&seen[..], &[(0x100, DIRECT_PREFIX), (0x101, 8)]);
+            r.finish()?;
+        }
+        // A direct record too short for its prefix.
+        let short = stream(7, &[(0x100, 0, &[0u8; 4])])?;
+        let mut r = StreamReader::new(ID, &[0x100])?;
+        assert!(feed(&mut r, &short, 4096).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn rejects_bad_streams() -> Result {
         let good = stream(9, &[(0x100, 0, &[0u8; 100])])?;
         let check = |bytes: &[u8]| -> Result<bool> {
-            let mut r = StreamReader::new(ID)?;
+            let mut r = StreamReader::new(ID, &[])?;
             Ok(feed(&mut r, bytes, 64).is_err() || r.finish().is_err())
         };
 
@@ -728,9 +865,9 @@ mod tests {
         let mut big = KVVec::new();
         big.extend_from_slice(&good, GFP_KERNEL)?;
         big[hdr_len + 8..hdr_len + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        let mut r = StreamReader::new(ID)?;
+        let mut r = StreamReader::new(ID, &[])?;
         assert_eq!(feed(&mut r, &big, 4096).err(), Some(EMSGSIZE));
-        assert_eq!(r.buffer().err(), Some(EMSGSIZE));
+        assert!(matches!(r.input(), Err(e) if e == EMSGSIZE));
         // END with a wrong record count.
         let mut end = KVVec::new();
         end.extend_from_slice(&good, GFP_KERNEL)?;

@@ -157,6 +157,7 @@ use core::{
 mod migration;
 
 pub use migration::{
+    BarRecord,
     MigrationOps,
     NoMigration,
     Pending,
@@ -494,6 +495,7 @@ impl<T: Driver> Device<T, Open> {
         Ok(BarIo {
             addr,
             len,
+            index,
             _dev: PhantomData,
         })
     }
@@ -686,14 +688,21 @@ impl<T: Driver> TrackOps<T> {
 ///
 /// # Invariants
 ///
-/// `addr` is an `__iomem` mapping of `len` bytes, valid for `'a`.
+/// `addr` is an `__iomem` mapping of the `len` bytes of BAR `index`, valid for `'a`.
 pub struct BarIo<'a> {
     addr: *mut c_void,
     len: usize,
+    index: u32,
     _dev: PhantomData<&'a ()>,
 }
 
 impl BarIo<'_> {
+    /// Returns the index of the BAR.
+    #[inline]
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     /// Returns the size of the BAR in bytes.
     #[inline]
     pub fn len(&self) -> usize {
@@ -737,17 +746,41 @@ impl BarIo<'_> {
 
     /// Copies `buf.len()` bytes at `off` into `buf`.
     pub fn read(&self, off: usize, buf: &mut [u8]) -> Result {
-        let p = self.at(off, buf.len())?;
-        // SAFETY: `p` is valid MMIO for `buf.len()` bytes and `buf` is valid for writes.
-        unsafe { bindings::memcpy_fromio(buf.as_mut_ptr().cast(), p, buf.len()) };
-        Ok(())
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        unsafe { self.read_raw(off, buf.as_mut_ptr(), buf.len()) }
     }
 
     /// Copies `buf` to the BAR at `off`.
     pub fn write(&self, off: usize, buf: &[u8]) -> Result {
-        let p = self.at(off, buf.len())?;
-        // SAFETY: `p` is valid MMIO for `buf.len()` bytes and `buf` is valid for reads.
-        unsafe { bindings::memcpy_toio(p, buf.as_ptr().cast(), buf.len()) };
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+        unsafe { self.write_raw(off, buf.as_ptr(), buf.len()) }
+    }
+
+    /// Copies `len` bytes at `off` to `dst` (`memcpy_fromio()`).
+    ///
+    /// # Safety
+    ///
+    /// `dst` must be valid for writes of `len` bytes, which no reference may cover during the
+    /// call.
+    pub unsafe fn read_raw(&self, off: usize, dst: *mut u8, len: usize) -> Result {
+        let p = self.at(off, len)?;
+        // SAFETY: `p` is valid MMIO for `len` bytes (checked above), `dst` valid for writes of
+        // `len` bytes by the safety requirements.
+        unsafe { bindings::memcpy_fromio(dst.cast(), p, len) };
+        Ok(())
+    }
+
+    /// Copies `len` bytes from `src` to the BAR at `off` (`memcpy_toio()`).
+    ///
+    /// # Safety
+    ///
+    /// `src` must be valid for reads of `len` bytes, which no mutable reference may cover during
+    /// the call.
+    pub unsafe fn write_raw(&self, off: usize, src: *const u8, len: usize) -> Result {
+        let p = self.at(off, len)?;
+        // SAFETY: `p` is valid MMIO for `len` bytes (checked above), `src` valid for reads of
+        // `len` bytes by the safety requirements.
+        unsafe { bindings::memcpy_toio(p, src.cast(), len) };
         Ok(())
     }
 }

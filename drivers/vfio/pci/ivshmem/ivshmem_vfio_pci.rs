@@ -53,12 +53,14 @@ use kernel::{
             record_size,
             Record,
             SavePhase,
+            DIRECT_PREFIX,
             MAX_RECORD_DATA,
             RECORD_DRIVER_BASE, //
         },
         pci::{
             region_index,
             region_offset,
+            BarRecord,
             Device,
             MigrationOps,
             Open,
@@ -98,7 +100,7 @@ const REC_MEM: u32 = RECORD_DRIVER_BASE;
 const REC_REGS: u32 = RECORD_DRIVER_BASE + 1;
 
 /// Size of the offset that starts a `MEM` record.
-const MEM_PREFIX: usize = 8;
+const MEM_PREFIX: usize = DIRECT_PREFIX;
 
 /// Payload size of the `REGS` record.
 const REGS_LEN: usize = 8;
@@ -181,8 +183,9 @@ fn mem_records_size(bytes: u64) -> u64 {
 
 /// Appends the `MEM` record of `len` bytes of BAR2 at `off`.
 ///
-/// With tracking, the pages are unmarked and their user mappings write-protected again first, so
-/// that a write that lands after the copy marks them again.
+/// The bytes are copied later, when the data file is read. With tracking, the pages are unmarked
+/// and their user mappings write-protected again first, so that a write that lands after this
+/// marks them again and a write the copy may have missed is sent again.
 fn push_mem(
     dev: &Device<IvshmemVfioPci, Open>,
     save: &Save,
@@ -195,12 +198,7 @@ fn push_mem(
             .take(usize::try_from(off / PAGE)?, len.div_ceil(PAGE as usize));
         dev.zap_bar(SHMEM_BAR, off, len as u64)?;
     }
-    let bar = dev.bar(SHMEM_BAR)?;
-    let start = usize::try_from(off)?;
-    out.push(REC_MEM, false, MEM_PREFIX + len, |p| {
-        p[..MEM_PREFIX].copy_from_slice(&off.to_le_bytes());
-        bar.read(start, &mut p[MEM_PREFIX..])
-    })
+    out.push_bar(REC_MEM, &dev.bar(SHMEM_BAR)?, usize::try_from(off)?, len)
 }
 
 /// Appends records of pages written since they were sent; returns `false` if there were none.
@@ -229,6 +227,12 @@ impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
     const FLAGS: vfio::MigrationFlags = MIGRATION;
     type Save = Save;
     type Resume = Resume;
+
+    // BAR2 bytes are copied once, between BAR2 and the user's buffer of the data file.
+    const BAR_RECORDS: &'static [BarRecord] = &[BarRecord {
+        ty: REC_MEM,
+        bar: SHMEM_BAR,
+    }];
 
     fn identity(dev: &Device<Self, Open>, id: &mut KVec<u8>) -> Result {
         let pdev = dev.pci_dev();
@@ -338,23 +342,13 @@ impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
     }
 
     fn resume_record(
-        dev: &Device<Self, Open>,
+        _dev: &Device<Self, Open>,
         resume: &mut Resume,
         record: &Record<'_>,
     ) -> Result<bool> {
         let p = record.payload;
+        // `MEM` records go straight into BAR2 (`BAR_RECORDS`).
         match record.ty {
-            REC_MEM => {
-                if p.len() < MEM_PREFIX {
-                    return Err(EINVAL);
-                }
-                let mut off = [0u8; MEM_PREFIX];
-                off.copy_from_slice(&p[..MEM_PREFIX]);
-                let off = usize::try_from(u64::from_le_bytes(off)).map_err(|_| EINVAL)?;
-                // `BarIo::write` rejects anything outside BAR2, overflow included.
-                dev.bar(SHMEM_BAR)?.write(off, &p[MEM_PREFIX..])?;
-                Ok(true)
-            }
             REC_REGS => {
                 let regs: [u8; REGS_LEN] = p.try_into().map_err(|_| EINVAL)?;
                 resume.regs = Some(regs);

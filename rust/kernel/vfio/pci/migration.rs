@@ -32,10 +32,14 @@
 //! # Locking
 //!
 //! - The *migration lock* (a mutex in the device) protects the state and the sessions; it is held
-//!   while the driver produces or consumes a record, never across a user copy (the user buffer
-//!   may be an `mmap()` of this very device, whose fault handler takes `memory_lock`).
+//!   while the driver produces or consumes a record, never across a user copy that may fault
+//!   (the user buffer may be an `mmap()` of this very device, whose fault handler takes
+//!   `memory_lock`). The bytes of [`MigrationOps::BAR_RECORDS`] are copied under it (and under
+//!   `memory_lock`) between the BAR and user pages pinned beforehand, which cannot fault; a
+//!   buffer that cannot be pinned goes through a bounce buffer.
 //! - Each file has an I/O lock that serialises its readers (or writers) and is held across the
-//!   user copy; it is taken before the migration lock, and never by reset or close.
+//!   user copy and the pinning; it is taken before the migration lock, and never by reset or
+//!   close.
 //! - `reset_done` runs with `memory_lock` held for writing, so it must not wait for the migration
 //!   lock (whose holder may wait for `memory_lock`): it records a deferred reset and only
 //!   try-locks; whoever holds the migration lock performs the reset when releasing it
@@ -44,6 +48,7 @@
 //!   memory decoding enabled (else they fail with `EIO`, like region accesses do).
 
 use super::{
+    BarIo,
     Device,
     Driver,
     Open, //
@@ -60,7 +65,8 @@ use crate::{
         anon_inode::{
             self,
             poll_mask,
-            AnonFile, //
+            AnonFile,
+            UserBuffer, //
         },
         File,
     },
@@ -81,19 +87,20 @@ use crate::{
     },
     uaccess::{
         UserPtr,
-        UserSlice,
-        UserSliceReader,
-        UserSliceWriter, //
+        UserSlice, //
     },
     vfio::{
         migration::{
             self,
             Arc as MigArc,
+            Input,
             MigState,
             Record,
             SavePhase,
             StreamReader,
-            StreamWriter, //
+            StreamWriter,
+            DIRECT_PREFIX,
+            RECORD_HEADER_SIZE, //
         },
         MigrationFlags,
     },
@@ -122,10 +129,67 @@ pub struct Pending {
     pub dirty: u64,
 }
 
+/// A driver record type whose records carry bytes of a BAR.
+///
+/// See [`MigrationOps::BAR_RECORDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarRecord {
+    /// The record type (at least [`migration::RECORD_DRIVER_BASE`]).
+    pub ty: u32,
+    /// The BAR.
+    pub bar: u32,
+}
+
+/// Size of the bounce buffer of a data file whose user buffer cannot be pinned.
+const BOUNCE_SIZE: usize = 64 * 1024;
+
+/// A piece of the output of a saving file.
+#[derive(Clone, Copy)]
+enum Segment {
+    /// The next bytes of [`Batch::buf`].
+    Bytes(usize),
+    /// Bytes of a BAR, copied from the BAR to the reader's buffer when read.
+    Bar { bar: u32, off: usize, len: usize },
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        match *self {
+            Self::Bytes(n) => n,
+            Self::Bar { len, .. } => len,
+        }
+    }
+}
+
+/// Records produced for a saving file and not read yet: their bytes, except the BAR data of
+/// records of [`MigrationOps::BAR_RECORDS`], which stays in the BAR until it is read.
+struct Batch {
+    buf: KVVec<u8>,
+    segs: KVec<Segment>,
+}
+
+impl Batch {
+    /// Accounts `n` bytes just appended to `buf`; a free slot in `segs` must be reserved.
+    fn add_bytes(&mut self, n: usize) {
+        if let Some(Segment::Bytes(last)) = self.segs.last_mut() {
+            *last += n;
+        } else if n > 0 {
+            // Cannot fail: the caller reserved the slot.
+            let _ = self.segs.push_within_capacity(Segment::Bytes(n));
+        }
+    }
+
+    /// Returns the number of bytes in the batch.
+    fn len(&self) -> usize {
+        self.segs.iter().map(Segment::len).sum()
+    }
+}
+
 /// Appends the records a driver produces to the stream of a saving session.
 pub struct RecordSink<'a> {
     writer: &'a mut StreamWriter,
-    buf: &'a mut KVVec<u8>,
+    batch: &'a mut Batch,
+    bar_records: &'static [BarRecord],
 }
 
 impl RecordSink<'_> {
@@ -149,8 +213,52 @@ impl RecordSink<'_> {
         } else {
             0
         };
-        self.writer.append(self.buf, ty, flags, len, fill)
+        self.batch.segs.reserve(1, GFP_KERNEL)?;
+        self.writer
+            .append(&mut self.batch.buf, ty, flags, len, fill)?;
+        self.batch.add_bytes(record_size(len));
+        Ok(())
     }
+
+    /// Appends a record of type `ty`, one of [`MigrationOps::BAR_RECORDS`] for `bar`, that carries
+    /// the `len` bytes (at most [`migration::MAX_RECORD_DATA`]) of `bar` at `off`.
+    ///
+    /// The bytes are copied from the BAR when the saving file is read, directly into the reader's
+    /// buffer: they are those of that moment, which is later than this call. Fails with `EINVAL`
+    /// for a type not registered for `bar` or bytes outside the BAR.
+    pub fn push_bar(&mut self, ty: u32, bar: &BarIo<'_>, off: usize, len: usize) -> Result {
+        let rec = BarRecord {
+            ty,
+            bar: bar.index(),
+        };
+        if !self.bar_records.contains(&rec) || len > migration::MAX_RECORD_DATA {
+            return Err(EINVAL);
+        }
+        match off.checked_add(len) {
+            Some(end) if end <= bar.len() => {}
+            _ => return Err(EINVAL),
+        }
+        // CAST: `usize` fits in `u64`.
+        let prefix = (off as u64).to_le_bytes();
+        self.batch.segs.reserve(2, GFP_KERNEL)?;
+        self.writer
+            .append_head(&mut self.batch.buf, ty, 0, DIRECT_PREFIX + len, &prefix)?;
+        self.batch.add_bytes(RECORD_HEADER_SIZE + DIRECT_PREFIX);
+        if len > 0 {
+            // Cannot fail: reserved above.
+            let _ = self.batch.segs.push_within_capacity(Segment::Bar {
+                bar: rec.bar,
+                off,
+                len,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Returns the stream size of a record with `len` payload bytes.
+fn record_size(len: usize) -> usize {
+    migration::record_size(len)
 }
 
 /// The migration operations of a VFIO PCI variant driver.
@@ -175,6 +283,15 @@ pub trait MigrationOps<T: Driver>: 'static {
 
     /// The state of one resuming session.
     type Resume: Send + Unpin;
+
+    /// The record types that carry bytes of a BAR, one BAR each (none by default).
+    ///
+    /// Such a record is produced with [`RecordSink::push_bar`]. Its payload is the offset in the
+    /// BAR (a [`DIRECT_PREFIX`]) followed by the bytes, which the abstraction copies between the
+    /// BAR and the user's buffer directly: when the saving file is read, and, when the resuming
+    /// file is written, into the BAR after checking that the record's bytes are all inside it.
+    /// [`MigrationOps::resume_record`] never sees these records.
+    const BAR_RECORDS: &'static [BarRecord] = &[];
 
     /// Writes the device identity, which the stream header carries and a resuming device must
     /// match byte for byte (device type and configuration, e.g. memory size).
@@ -518,7 +635,11 @@ impl<T: Driver> Device<T, Open> {
                 let mut id = KVec::new();
                 Ops::<T>::identity(self, &mut id)?;
                 let state = Ops::<T>::resume_begin(self)?;
-                let reader = StreamReader::new(&id)?;
+                let mut direct = KVec::with_capacity(Ops::<T>::BAR_RECORDS.len(), GFP_KERNEL)?;
+                for rec in Ops::<T>::BAR_RECORDS {
+                    direct.push(rec.ty, GFP_KERNEL)?;
+                }
+                let reader = StreamReader::new(&id, &direct)?;
                 let file = Arc::pin_init(ResumeFile::new(ARef::from(&**self), reader), GFP_KERNEL)?;
                 let f = anon_inode::new_stream_file::<ResumeFile<T>>(
                     anon_inode::Options {
@@ -615,11 +736,54 @@ impl<T: Driver> Device<T, Open> {
 }
 
 /// Buffered output of a saving file.
+///
+/// # Invariants
+///
+/// `seg <= batch.segs.len()`; before `seg`, every segment was read; `seg_done` bytes of
+/// segment `seg` (less than its length) and the bytes of `batch.buf` before `buf_pos` were
+/// read; `unread` bytes were not.
 struct SaveIo {
-    buf: KVVec<u8>,
-    pos: usize,
+    batch: Batch,
+    seg: usize,
+    seg_done: usize,
+    buf_pos: usize,
+    unread: usize,
     /// How many of the unread bytes belong to the initial image.
     initial: usize,
+    /// The bounce buffer for BAR bytes, allocated when first needed.
+    bounce: KVVec<u8>,
+}
+
+impl SaveIo {
+    /// Starts over with an empty batch.
+    fn clear(&mut self) {
+        self.batch.buf.clear();
+        self.batch.segs.clear();
+        self.seg = 0;
+        self.seg_done = 0;
+        self.buf_pos = 0;
+        self.unread = 0;
+        self.initial = 0;
+    }
+
+    /// Accounts `n` bytes of the current segment as read.
+    fn consume(&mut self, n: usize) {
+        self.seg_done += n;
+        self.unread -= n;
+        self.initial = self.initial.saturating_sub(n);
+        if self.seg_done == self.batch.segs[self.seg].len() {
+            self.seg += 1;
+            self.seg_done = 0;
+        }
+    }
+}
+
+/// Returns the bounce buffer `buf`, allocated to [`BOUNCE_SIZE`] bytes if it was not yet.
+fn bounce(buf: &mut KVVec<u8>) -> Result<&mut [u8]> {
+    if buf.is_empty() {
+        buf.resize(BOUNCE_SIZE, 0, GFP_KERNEL)?;
+    }
+    Ok(&mut buf[..])
 }
 
 /// The saving data file.
@@ -637,9 +801,16 @@ impl<T: Driver> SaveFile<T> {
         try_pin_init!(Self {
             dev,
             io <- new_mutex!(SaveIo {
-                buf: KVVec::new(),
-                pos: 0,
+                batch: Batch {
+                    buf: KVVec::new(),
+                    segs: KVec::new(),
+                },
+                seg: 0,
+                seg_done: 0,
+                buf_pos: 0,
+                unread: 0,
                 initial: 0,
+                bounce: KVVec::new(),
             }),
             wait <- new_poll_condvar!(),
         })
@@ -650,46 +821,103 @@ impl<T: Driver> SaveFile<T> {
         g.save.as_mut().filter(|s| ptr::eq(&*s.file, self))
     }
 
-    /// Refills the empty buffer with the next records. Returns `false` at the end of the stream.
+    /// Refills the empty batch with the next records. Returns `false` at the end of the stream.
     fn refill(&self, io: &mut SaveIo) -> Result<bool> {
-        io.buf.clear();
-        io.pos = 0;
-        io.initial = 0;
+        io.clear();
         let mut g = self.dev.mig_lock();
         let s = self.session(&mut g).ok_or(ENODEV)?;
         // SAFETY: The file is active and the migration lock is held, so the device is open.
         let dev = unsafe { self.dev.assume_open() };
+        let mut initial = false;
+        let mut sink = RecordSink {
+            writer: &mut s.writer,
+            batch: &mut io.batch,
+            bar_records: Ops::<T>::BAR_RECORDS,
+        };
         if let Some(id) = s.header.take() {
-            if let Err(e) = s.writer.append_header(&mut io.buf, &id) {
+            let head = sink.batch.buf.len();
+            sink.batch.segs.reserve(1, GFP_KERNEL)?;
+            if let Err(e) = sink.writer.append_header(&mut sink.batch.buf, &id) {
                 s.header = Some(id);
                 return Err(e);
             }
-            io.initial = io.buf.len();
-            return Ok(true);
-        }
-        if s.writer.ended() {
+            sink.batch.add_bytes(sink.batch.buf.len() - head);
+            initial = true;
+        } else if sink.writer.ended() {
             return Ok(false);
-        }
-        let before = Ops::<T>::save_pending(dev, &s.state);
-        let mut sink = RecordSink {
-            writer: &mut s.writer,
-            buf: &mut io.buf,
-        };
-        let produced =
-            dev.with_memory(|| Ops::<T>::save_next(dev, &mut s.state, s.phase, &mut sink))?;
-        if produced {
-            if before.initial > 0 {
-                io.initial = io.buf.len();
-            }
-            return Ok(true);
-        }
-        match s.phase {
-            SavePhase::PreCopy => Err(ENOMSG),
-            SavePhase::StopCopy => {
-                s.writer.append_end(&mut io.buf)?;
-                Ok(true)
+        } else {
+            let before = Ops::<T>::save_pending(dev, &s.state);
+            let produced =
+                dev.with_memory(|| Ops::<T>::save_next(dev, &mut s.state, s.phase, &mut sink))?;
+            if produced {
+                initial = before.initial > 0;
+            } else if s.phase == SavePhase::PreCopy {
+                return Err(ENOMSG);
+            } else {
+                let end = sink.batch.buf.len();
+                sink.batch.segs.reserve(1, GFP_KERNEL)?;
+                sink.writer.append_end(&mut sink.batch.buf)?;
+                sink.batch.add_bytes(sink.batch.buf.len() - end);
             }
         }
+        // INVARIANT: Nothing of the new batch was read.
+        io.unread = io.batch.len();
+        if initial {
+            io.initial = io.unread;
+        }
+        Ok(true)
+    }
+
+    /// Runs `f` on BAR `bar`, with the migration lock and `memory_lock` held, if this file is
+    /// active and the device's memory decoding is enabled.
+    fn with_bar<R>(&self, bar: u32, f: impl FnOnce(&BarIo<'_>) -> Result<R>) -> Result<R> {
+        let mut g = self.dev.mig_lock();
+        self.session(&mut g).ok_or(ENODEV)?;
+        // SAFETY: The file is active and the migration lock is held, so the device is open.
+        let dev = unsafe { self.dev.assume_open() };
+        dev.with_memory(|| f(&dev.bar(bar)?))
+    }
+
+    /// Copies bytes of the current segment to `out`, consuming them from both.
+    fn copy_out(&self, io: &mut SaveIo, out: &mut UserBuffer) -> Result {
+        let seg = io.batch.segs[io.seg];
+        let n = (seg.len() - io.seg_done).min(out.len());
+        match seg {
+            Segment::Bytes(_) => {
+                // The user copy runs with the I/O lock only, see the module documentation. On
+                // a fault nothing is consumed.
+                out.write_slice(&io.batch.buf[io.buf_pos..io.buf_pos + n])?;
+                io.buf_pos += n;
+                io.consume(n);
+            }
+            Segment::Bar { bar, off, len: _ } => {
+                let off = off + io.seg_done;
+                match out.pin(n, true) {
+                    Ok(pages) => {
+                        // One copy, from the BAR into the pinned pages, which cannot fault.
+                        self.with_bar(bar, |b| {
+                            pages.for_each_mapped(0, n, |dst, len, at| {
+                                // SAFETY: `dst` is a kernel mapping of `len` bytes of a page
+                                // pinned for writing, only accessed through raw pointers.
+                                unsafe { b.read_raw(off + at, dst, len) }
+                            })
+                        })?;
+                        drop(pages);
+                        out.advance(n)?;
+                        io.consume(n);
+                    }
+                    Err(_) => {
+                        // Not pinnable (e.g. itself an mmap() of device memory): bounce.
+                        let n = n.min(BOUNCE_SIZE);
+                        let tmp = bounce(&mut io.bounce)?;
+                        self.with_bar(bar, |b| b.read(off, &mut tmp[..n]))?;
+                        out.write_slice(&tmp[..n])?;
+                        io.consume(n);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `VFIO_MIG_GET_PRECOPY_INFO`.
@@ -717,7 +945,7 @@ impl<T: Driver> SaveFile<T> {
         // SAFETY: The file is active and the migration lock is held, so the device is open.
         let dev = unsafe { self.dev.assume_open() };
         let p = Ops::<T>::save_pending(dev, &s.state);
-        let unread = io.buf.len() - io.pos;
+        let unread = io.unread;
         let header = s
             .header
             .as_ref()
@@ -745,18 +973,29 @@ impl<T: Driver> SaveFile<T> {
 impl<T: Driver> AnonFile for SaveFile<T> {
     type Ptr = Arc<Self>;
 
-    fn read(this: ArcBorrow<'_, Self>, _file: &File, out: &mut UserSliceWriter) -> Result<usize> {
+    fn read(this: ArcBorrow<'_, Self>, _file: &File, out: &mut UserBuffer) -> Result<usize> {
         let mut io = this.io.lock();
-        if io.pos == io.buf.len() && !this.refill(&mut io)? {
-            return Ok(0);
+        let want = out.len();
+        // Fill the buffer with as many records as are ready; an error after some bytes were
+        // read ends the read short, the next one reports it.
+        while !out.is_empty() {
+            let step = if io.unread == 0 {
+                match this.refill(&mut io) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => break,
+                    Err(e) => Err(e),
+                }
+            } else {
+                this.copy_out(&mut io, out)
+            };
+            if let Err(e) = step {
+                if out.len() == want {
+                    return Err(e);
+                }
+                break;
+            }
         }
-        let n = (io.buf.len() - io.pos).min(out.len());
-        // The user copy runs with the I/O lock only, see the module documentation. On a fault
-        // nothing is consumed.
-        out.write_slice(&io.buf[io.pos..io.pos + n])?;
-        io.pos += n;
-        io.initial = io.initial.saturating_sub(n);
-        Ok(n)
+        Ok(want - out.len())
     }
 
     fn ioctl(this: ArcBorrow<'_, Self>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
@@ -770,7 +1009,7 @@ impl<T: Driver> AnonFile for SaveFile<T> {
         table.register_wait(file, &this.wait);
         let readable = poll_mask::EPOLLIN | poll_mask::EPOLLRDNORM;
         let io = this.io.lock();
-        if io.pos < io.buf.len() {
+        if io.unread > 0 {
             return Ok(readable);
         }
         let mut g = this.dev.mig_lock();
@@ -787,20 +1026,100 @@ impl<T: Driver> AnonFile for SaveFile<T> {
     }
 }
 
+/// The input side of a resuming file.
+struct ResumeIo {
+    reader: StreamReader,
+    /// The bounce buffer for BAR bytes, allocated when first needed.
+    bounce: KVVec<u8>,
+}
+
 /// The resuming data file.
 #[pin_data]
 struct ResumeFile<T: Driver> {
     dev: ARef<Device<T>>,
     #[pin]
-    io: Mutex<StreamReader>,
+    io: Mutex<ResumeIo>,
+}
+
+/// Returns the BAR of records of type `ty`, if they are [`MigrationOps::BAR_RECORDS`].
+fn bar_of<T: Driver>(ty: u32) -> Option<u32> {
+    Ops::<T>::BAR_RECORDS
+        .iter()
+        .find(|r| r.ty == ty)
+        .map(|r| r.bar)
+}
+
+/// Checks that `len` bytes at `off` are inside `bar`.
+fn check_bar_range(bar: &BarIo<'_>, off: u64, len: u64) -> Result {
+    match off.checked_add(len) {
+        Some(end) if end <= bar.len() as u64 => Ok(()),
+        _ => Err(EINVAL),
+    }
 }
 
 impl<T: Driver> ResumeFile<T> {
     fn new(dev: ARef<Device<T>>, reader: StreamReader) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             dev,
-            io <- new_mutex!(reader),
+            io <- new_mutex!(ResumeIo {
+                reader,
+                bounce: KVVec::new(),
+            }),
         })
+    }
+
+    /// Runs `f` on BAR `bar`, with the migration lock and `memory_lock` held, if this file is
+    /// active and the device's memory decoding is enabled.
+    fn with_bar<R>(&self, bar: u32, f: impl FnOnce(&BarIo<'_>) -> Result<R>) -> Result<R> {
+        let mut g = self.dev.mig_lock();
+        self.session(&mut g).ok_or(ENODEV)?;
+        // SAFETY: The file is active and the migration lock is held, so the device is open.
+        let dev = unsafe { self.dev.assume_open() };
+        dev.with_memory(|| f(&dev.bar(bar)?))
+    }
+
+    /// Writes up to `want` bytes of `inp` into BAR `bar`, as data `at..` of a record of `total`
+    /// bytes for the BAR at `off`; returns how many were consumed.
+    ///
+    /// The whole record must fit in the BAR, which is checked before anything is written.
+    fn write_bar(
+        &self,
+        bounce_buf: &mut KVVec<u8>,
+        bar: u32,
+        (off, at, total): (u64, u64, u64),
+        want: usize,
+        inp: &mut UserBuffer,
+    ) -> Result<usize> {
+        // Only used once `off + total` was checked to be inside the BAR, so that it neither
+        // overflows nor truncates then: `at < total`.
+        // CAST: See above.
+        let dst = off.wrapping_add(at) as usize;
+        match inp.pin(want, false) {
+            Ok(pages) => {
+                // One copy, from the pinned pages into the BAR.
+                self.with_bar(bar, |b| {
+                    check_bar_range(b, off, total)?;
+                    pages.for_each_mapped(0, want, |src, len, pos| {
+                        // SAFETY: `src` is a kernel mapping of `len` bytes of a pinned page,
+                        // only accessed through raw pointers.
+                        unsafe { b.write_raw(dst + pos, src, len) }
+                    })
+                })?;
+                inp.advance(want)?;
+                Ok(want)
+            }
+            Err(_) => {
+                // Not pinnable (e.g. itself an mmap() of device memory): bounce.
+                let n = want.min(BOUNCE_SIZE);
+                let tmp = bounce(bounce_buf)?;
+                inp.read_slice(&mut tmp[..n])?;
+                self.with_bar(bar, |b| {
+                    check_bar_range(b, off, total)?;
+                    b.write(dst, &tmp[..n])
+                })?;
+                Ok(n)
+            }
+        }
     }
 
     /// Returns the session if this file is the active resuming file.
@@ -808,14 +1127,36 @@ impl<T: Driver> ResumeFile<T> {
         g.resume.as_mut().filter(|s| ptr::eq(&*s.file, self))
     }
 
-    /// Parses the bytes of one `write()` and hands complete records to the driver.
-    fn consume(&self, r: &mut StreamReader, inp: &mut UserSliceReader) -> Result<usize> {
+    /// Parses the bytes of one `write()`, writes the data of BAR records into their BAR and
+    /// hands the other complete records to the driver.
+    fn consume(&self, io: &mut ResumeIo, inp: &mut UserBuffer) -> Result<usize> {
+        let r = &mut io.reader;
         let mut done = 0;
         while !inp.is_empty() {
-            let buf = r.buffer()?;
-            let n = buf.len().min(inp.len());
-            // The user copy runs with the I/O lock only, see the module documentation.
-            inp.read_slice(&mut buf[..n])?;
+            let n = match r.input()? {
+                Input::Buffer(buf) => {
+                    let n = buf.len().min(inp.len());
+                    // The user copy runs with the I/O lock only, see the module documentation.
+                    inp.read_slice(&mut buf[..n])?;
+                    n
+                }
+                Input::Direct {
+                    ty,
+                    offset,
+                    at,
+                    total,
+                } => {
+                    let bar = bar_of::<T>(ty).ok_or(EINVAL).map_err(|e| r.fail(e))?;
+                    // CAST: Bounded by `inp.len()`.
+                    let want = (total - at).min(inp.len() as u64) as usize;
+                    match self.write_bar(&mut io.bounce, bar, (offset, at, total), want, inp) {
+                        Ok(n) => n,
+                        // A fault on the user's buffer consumes nothing.
+                        Err(e) if e == EFAULT => return Err(e),
+                        Err(e) => return Err(r.fail(e)),
+                    }
+                }
+            };
             let delivered = match r.advance(n)? {
                 Some(record) => self.deliver(&record),
                 None => Ok(()),
@@ -830,6 +1171,13 @@ impl<T: Driver> ResumeFile<T> {
 
     /// Hands a complete record to the driver.
     fn deliver(&self, record: &Record<'_>) -> Result {
+        if let Some(bar) = bar_of::<T>(record.ty) {
+            // The data is in the BAR already; a record without data must still point inside.
+            let mut off = [0u8; DIRECT_PREFIX];
+            off.copy_from_slice(&record.payload[..DIRECT_PREFIX]);
+            let off = u64::from_le_bytes(off);
+            return self.with_bar(bar, |b| check_bar_range(b, off, 0));
+        }
         let mut g = self.dev.mig_lock();
         let s = self.session(&mut g).ok_or(ENODEV)?;
         let state = s.state.as_mut().ok_or(EINVAL)?;
@@ -848,17 +1196,17 @@ impl<T: Driver> ResumeFile<T> {
 impl<T: Driver> AnonFile for ResumeFile<T> {
     type Ptr = Arc<Self>;
 
-    fn write(this: ArcBorrow<'_, Self>, _file: &File, inp: &mut UserSliceReader) -> Result<usize> {
-        let mut r = this.io.lock();
+    fn write(this: ArcBorrow<'_, Self>, _file: &File, inp: &mut UserBuffer) -> Result<usize> {
+        let mut io = this.io.lock();
         {
             let mut g = this.dev.mig_lock();
             this.session(&mut g).ok_or(ENODEV)?;
         }
-        let ret = this.consume(&mut r, inp);
+        let ret = this.consume(&mut io, inp);
         // Publish whether the stream is complete for RESUMING -> STOP, after every write,
         // failed ones included: a fault after a complete stream (e.g. data after END) makes it
         // incomplete for good.
-        let complete = r.finish().is_ok();
+        let complete = io.reader.finish().is_ok();
         let mut g = this.dev.mig_lock();
         if let Some(s) = this.session(&mut g) {
             s.complete = complete;

@@ -1530,6 +1530,61 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci, migrate_writes_during_precopy, 600)
 	mig_buf_free(&stream);
 }
 
+/*
+ * The data_fd copies device memory straight between the BAR and the pinned
+ * pages of the user's buffer; a buffer that cannot be pinned (an mmap() of
+ * device memory is VM_PFNMAP) must still work, through a bounce buffer.
+ * Save A into a window of B's BAR2 mapping and resume B from a window of
+ * A's BAR2 mapping, with unaligned windows and odd sizes (also crossing the
+ * BAR data of records); then B must hold what A held.
+ */
+TEST_F_TIMEOUT(ivshmem_vfio_pci, data_fd_buffers_in_device_memory, 600)
+{
+	static const size_t sizes[] = { 1, 4096 + 3, 65537, SZ_1M, 31 };
+	struct ivshmem_ctx *c = &self->c;
+	struct mig_buf stream = {};
+	u8 *win;
+	size_t off;
+	ssize_t n;
+	int fd, nfd, i = 0;
+
+	ivshmem_fill(_metadata, c);
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP_COPY, &fd));
+	ASSERT_LE(0, fd);
+	win = c->mem[1] + 5;
+	do {
+		n = timed_read(fd, win, sizes[i++ % ARRAY_SIZE(sizes)]);
+		ASSERT_LE(0, n) TH_LOG("read into B's BAR2 mapping: %s", strerror(-n));
+		mig_buf_reserve(&stream, n);
+		memcpy(stream.data + stream.len, win, n);
+		stream.len += n;
+	} while (n > 0);
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP, NULL));
+	ASSERT_EQ(0, close(fd));
+	TH_LOG("saved %zu bytes through B's BAR2 mapping", stream.len);
+
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[1].fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[1].fd, RESUMING, &fd));
+	ASSERT_LE(0, fd);
+	win = c->mem[0] + 3;
+	for (off = 0; off < stream.len; off += n) {
+		size_t len = sizes[i++ % ARRAY_SIZE(sizes)];
+
+		if (len > stream.len - off)
+			len = stream.len - off;
+		memcpy(win, stream.data + off, len);
+		n = timed_write(fd, win, len);
+		ASSERT_LT(0, n) TH_LOG("write from A's BAR2 mapping: %s", strerror(-n));
+	}
+	nfd = vfio_mig_set_state(c->dev[1].fd, STOP, NULL);
+	ASSERT_EQ(0, nfd) TH_LOG("RESUMING -> STOP: %s", strerror(-nfd));
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[1].fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+	ivshmem_check(_metadata, c);
+	mig_buf_free(&stream);
+}
+
 TEST_F_TIMEOUT(ivshmem_vfio_pci, stream_format, 600)
 {
 	struct ivshmem_ctx *c = &self->c;
