@@ -100,12 +100,13 @@
 //!
 //! # Migration
 //!
-//! Migration (`struct vfio_migration_ops`) is not implemented yet. It will be added as optional
-//! [`Driver`] callbacks and installed in stage 3 of the allocation. Note for that work:
-//! `enum vfio_device_mig_state` is passed through function pointers, so for kCFI
-//! `rust/bindgen_parameters` will need `--newtype-enum vfio_device_mig_state` and
+//! A driver that migrates names its [`MigrationOps`] in [`Driver::Migration`]; the abstraction
+//! installs `struct vfio_migration_ops` (and, with [`Driver::NO_DMA`], the DMA logging ops) in
+//! stage 3 of the allocation. See [`MigrationOps`] for the state machine and the data files. Note
+//! for kCFI: `enum vfio_device_mig_state` is passed through function pointers, so a kCFI build
+//! needs `--newtype-enum vfio_device_mig_state` and
 //! `--with-attribute-custom-enum=vfio_device_mig_state='#[cfi_encoding="21vfio_device_mig_state"]'`
-//! (the Rust callbacks must then take the newtype, not `u32`).
+//! in `rust/bindgen_parameters` (the callbacks must then take the newtype, not `u32`).
 
 use crate::{
     alloc::allocator::Kmalloc,
@@ -136,6 +137,7 @@ use crate::{
         Release, //
     },
     types::Opaque,
+    uaccess::UserSlice,
     vfio::{
         migration::MigState,
         MigrationFlags, //
@@ -155,6 +157,13 @@ use core::{
 };
 
 mod migration;
+
+/// `VFIO_DEVICE_IOEVENTFD`.
+const VFIO_DEVICE_IOEVENTFD: u32 =
+    crate::ioctl::_IO(bindings::VFIO_TYPE as u32, bindings::VFIO_BASE + 16);
+
+/// Size of `struct vfio_device_ioeventfd`, up to and including `fd`.
+const IOEVENTFD_SIZE: usize = 28;
 
 pub use migration::{
     BarRecord,
@@ -990,6 +999,17 @@ pub trait Driver: Sized + 'static {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
+    /// Called before an eventfd is assigned to a write of `size` bytes at `offset` of BAR `bar`
+    /// (`VFIO_DEVICE_IOEVENTFD`); an error refuses it with that error. Optional (default:
+    /// accept; removing an ioeventfd is never refused).
+    ///
+    /// The kernel performs the writes of an ioeventfd itself, bypassing [`Driver::write`] and
+    /// the device's mappings: a driver that tracks the writes to a BAR must refuse ioeventfds
+    /// there.
+    fn ioeventfd(_dev: &Device<Self, Open>, _bar: u32, _offset: u64, _size: u32) -> Result {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
     /// Handles a `VFIO_DEVICE_FEATURE` request that the VFIO core does not handle itself.
     /// Default: `vfio_pci_core_ioctl_feature()`.
     fn device_feature(
@@ -1064,7 +1084,7 @@ impl<T: Driver> Ops<T> {
         } else {
             Some(bindings::vfio_pci_core_write)
         },
-        ioctl: if T::HAS_IOCTL {
+        ioctl: if T::HAS_IOCTL || T::HAS_IOEVENTFD {
             Some(Self::ioctl)
         } else {
             Some(bindings::vfio_pci_core_ioctl)
@@ -1383,10 +1403,49 @@ impl<T: Driver> Ops<T> {
         // SAFETY: Ioctls are only called on an open device file.
         let this = unsafe { Device::<T, Open>::from_vdev(vdev) };
 
-        match T::ioctl(this, cmd, arg) {
+        let ret = if T::HAS_IOEVENTFD && cmd == VFIO_DEVICE_IOEVENTFD {
+            Self::check_ioeventfd(this, arg)
+        } else {
+            Ok(())
+        };
+        let ret = ret.and_then(|()| {
+            if T::HAS_IOCTL {
+                T::ioctl(this, cmd, arg)
+            } else {
+                this.core_ioctl(cmd, arg)
+            }
+        });
+        match ret {
             Ok(ret) => ret,
             Err(e) => e.to_errno() as c_long,
         }
+    }
+
+    /// Asks [`Driver::ioeventfd`] about the `VFIO_DEVICE_IOEVENTFD` request at `arg`.
+    ///
+    /// A request that cannot be read, or is malformed, is left to `vfio_pci_core_ioctl()` to
+    /// refuse.
+    fn check_ioeventfd(this: &Device<T, Open>, arg: usize) -> Result {
+        let mut raw = [0u8; IOEVENTFD_SIZE];
+        if UserSlice::new(UserPtr::from_addr(arg), IOEVENTFD_SIZE)
+            .reader()
+            .read_slice(&mut raw)
+            .is_err()
+        {
+            return Ok(());
+        }
+        // `struct vfio_device_ioeventfd`: argsz, flags, offset, data, fd, in native byte order.
+        let ne32 = |at: usize| u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&raw[8..16]);
+        // CAST: `fd` is a `__s32`.
+        if ne32(24) as i32 == -1 {
+            return Ok(());
+        }
+        let size = ne32(4) & bindings::VFIO_DEVICE_IOEVENTFD_SIZE_MASK;
+        // CAST: A file offset of the device, as `vfio_pci_core_ioctl()` reads it.
+        let pos = u64::from_ne_bytes(offset) as i64;
+        T::ioeventfd(this, region_index(pos), region_offset(pos), size)
     }
 
     /// `mmap`.
