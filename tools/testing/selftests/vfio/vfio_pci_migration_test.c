@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 
 #include <linux/bits.h>
@@ -1581,6 +1583,115 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci, data_fd_buffers_in_device_memory, 600)
 	ASSERT_EQ(0, nfd) TH_LOG("RESUMING -> STOP: %s", strerror(-nfd));
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[1].fd, RUNNING, NULL));
 	ASSERT_EQ(0, close(fd));
+	ivshmem_check(_metadata, c);
+	mig_buf_free(&stream);
+}
+
+/*
+ * The kernel performs the writes of an ioeventfd itself, behind the write
+ * tracking's back: ivshmem-vfio-pci refuses them on BAR2 (QEMU then handles
+ * such accesses in userspace) and still accepts them elsewhere, here on
+ * BAR0's INTRMASK, whose eventfd write must then land.
+ */
+TEST_F(ivshmem_vfio_pci, ioeventfd_refused_on_tracked_bar2)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_device_ioeventfd ioe = {
+		.argsz = sizeof(ioe),
+		.flags = VFIO_DEVICE_IOEVENTFD_32,
+	};
+	u64 one = 1;
+	int efd, i;
+
+	efd = eventfd(0, EFD_CLOEXEC);
+	ASSERT_LE(0, efd);
+	ioe.fd = efd;
+	ioe.offset = c->bar2[0].offset + 4096;
+	ioe.data = 0x5a5a5a5a;
+	EXPECT_EQ(-1, ioctl(c->dev[0].fd, VFIO_DEVICE_IOEVENTFD, &ioe));
+	EXPECT_EQ(EOPNOTSUPP, errno);
+
+	ioe.offset = c->bar0[0].offset + IVSHMEM_INTRMASK;
+	ioe.data = 0x00ff00f1;
+	ASSERT_EQ(0, ioctl(c->dev[0].fd, VFIO_DEVICE_IOEVENTFD, &ioe))
+		TH_LOG("ioeventfd on BAR0: %s", strerror(errno));
+	ASSERT_EQ(sizeof(one), write(efd, &one, sizeof(one)));
+	for (i = 0; i < 1000; i++) {
+		if (ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK) == ioe.data)
+			break;
+		usleep(1000);
+	}
+	EXPECT_EQ(ioe.data, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK));
+	ioe.fd = -1;
+	EXPECT_EQ(0, ioctl(c->dev[0].fd, VFIO_DEVICE_IOEVENTFD, &ioe))
+		TH_LOG("removing the ioeventfd: %s", strerror(errno));
+	ASSERT_EQ(0, close(efd));
+}
+
+/* Write @val to the sysfs attribute @path; 0 or -errno. */
+static int sysfs_write(const char *path, const char *val)
+{
+	ssize_t n;
+	int fd, err;
+
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = write(fd, val, strlen(val));
+	err = n < 0 ? -errno : 0;
+	close(fd);
+	return err;
+}
+
+/*
+ * A data fd holds a reference to the device, not the device open: the
+ * device can be closed and its driver unbound while a data fd is open. The
+ * fd then fails with ENODEV, closing it frees what is left (the plan checks
+ * kmemleak and the kernel log), and the device, bound again, migrates.
+ */
+TEST_F_TIMEOUT(ivshmem_vfio_pci, unbind_with_open_data_fd, 600)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_mig_device *a = &c->dev[0];
+	struct vfio_precopy_info info;
+	char path[PATH_MAX + 32], name[sizeof(a->name)];
+	struct mig_buf stream = {};
+	size_t precopy;
+	u8 buf[4096];
+	int fd, ret;
+
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP_COPY, &fd));
+	ASSERT_LE(0, fd);
+	ASSERT_LT(0, timed_read(fd, buf, sizeof(buf)));
+
+	munmap(c->mem[0], c->bar2[0].size);
+	c->mem[0] = NULL;
+	ASSERT_EQ(0, vfio_mig_device_close(a));
+	snprintf(name, sizeof(name), "%s", a->name);
+	snprintf(path, sizeof(path), "%s/driver/unbind", a->sysfs);
+	ret = sysfs_write(path, name);
+	ASSERT_EQ(0, ret) TH_LOG("unbinding %s: %s", name, strerror(-ret));
+
+	/* Unbound: no checks that stop the test before it binds again. */
+	EXPECT_EQ(-ENODEV, timed_read(fd, buf, sizeof(buf)));
+	EXPECT_NE(0, vfio_mig_precopy_info(fd, &info));
+	EXPECT_EQ(0, close(fd));
+	snprintf(path, sizeof(path), "/sys/bus/pci/drivers/%s/bind", IVSHMEM_DRIVER);
+	ret = sysfs_write(path, name);
+	ASSERT_EQ(0, ret) TH_LOG("binding %s again: %s", name, strerror(-ret));
+
+	ASSERT_EQ(0, vfio_mig_device_lookup(a, name));
+	ASSERT_STREQ(IVSHMEM_DRIVER, a->driver);
+	ret = vfio_mig_device_open(a, 0);
+	ASSERT_EQ(0, ret) TH_LOG("opening %s again: %s", name, strerror(-ret));
+	ASSERT_EQ(0, to_running(a));
+	c->mem[0] = mmap(NULL, c->bar2[0].size, PROT_READ | PROT_WRITE, MAP_SHARED, a->fd,
+			 c->bar2[0].offset);
+	ASSERT_NE(MAP_FAILED, c->mem[0]);
+	ivshmem_fill(_metadata, c);
+	save_qemu_way(_metadata, a, c->flags, false, &stream, &precopy);
+	resume_qemu_way(_metadata, &c->dev[1], stream.data, stream.len);
 	ivshmem_check(_metadata, c);
 	mig_buf_free(&stream);
 }
