@@ -779,7 +779,10 @@ impl BarIo<'_> {
         Ok(())
     }
 
-    /// Copies `len` bytes from `src` to the BAR at `off` (`memcpy_toio()`).
+    /// Copies `len` bytes from `src` to the BAR at `off`.
+    ///
+    /// The BAR is written in 64-bit units (`__iowrite64_copy()`) if `off`, `src` and `len` are
+    /// multiples of 8, else with `memcpy_toio()`: use it for memory BARs, not for registers.
     ///
     /// # Safety
     ///
@@ -788,8 +791,16 @@ impl BarIo<'_> {
     pub unsafe fn write_raw(&self, off: usize, src: *const u8, len: usize) -> Result {
         let p = self.at(off, len)?;
         // SAFETY: `p` is valid MMIO for `len` bytes (checked above), `src` valid for reads of
-        // `len` bytes by the safety requirements.
-        unsafe { bindings::memcpy_toio(p, src.cast(), len) };
+        // `len` bytes by the safety requirements; the 64-bit copy gets both 8-byte aligned and a
+        // length that is a multiple of 8.
+        unsafe {
+            // CAST: Only the addresses' alignment is looked at.
+            if (p as usize | src as usize | len) % 8 == 0 {
+                bindings::__iowrite64_copy(p, src.cast(), len / 8)
+            } else {
+                bindings::memcpy_toio(p, src.cast(), len)
+            }
+        };
         Ok(())
     }
 }
