@@ -1533,58 +1533,82 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci, migrate_writes_during_precopy, 600)
 }
 
 /*
- * The data_fd copies device memory straight between the BAR and the pinned
- * pages of the user's buffer; a buffer that cannot be pinned (an mmap() of
- * device memory is VM_PFNMAP) must still work, through a bounce buffer.
- * Save A into a window of B's BAR2 mapping and resume B from a window of
- * A's BAR2 mapping, with unaligned windows and odd sizes (also crossing the
- * BAR data of records); then B must hold what A held.
+ * Save A by read()s into @rd and resume B by write()s from @wr, one window
+ * each (unaligned, reused for every call), with odd sizes that also cut
+ * through the BAR data of records; then B must hold what A held.
  */
-TEST_F_TIMEOUT(ivshmem_vfio_pci, data_fd_buffers_in_device_memory, 600)
+static void migrate_through_windows(struct __test_metadata *_metadata,
+				    struct ivshmem_ctx *c, u8 *rd, u8 *wr)
 {
-	static const size_t sizes[] = { 1, 4096 + 3, 65537, SZ_1M, 31 };
-	struct ivshmem_ctx *c = &self->c;
+	static const size_t sizes[] = { 1, 4096 + 3, 65537, SZ_1M, 31, 8, SZ_1M + 4 };
 	struct mig_buf stream = {};
-	u8 *win;
 	size_t off;
 	ssize_t n;
-	int fd, nfd, i = 0;
+	int fd, ret, i = 0;
 
 	ivshmem_fill(_metadata, c);
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP, NULL));
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP_COPY, &fd));
 	ASSERT_LE(0, fd);
-	win = c->mem[1] + 5;
 	do {
-		n = timed_read(fd, win, sizes[i++ % ARRAY_SIZE(sizes)]);
-		ASSERT_LE(0, n) TH_LOG("read into B's BAR2 mapping: %s", strerror(-n));
+		n = timed_read(fd, rd, sizes[i++ % ARRAY_SIZE(sizes)]);
+		ASSERT_LE(0, n) TH_LOG("read: %s", strerror(-n));
 		mig_buf_reserve(&stream, n);
-		memcpy(stream.data + stream.len, win, n);
+		memcpy(stream.data + stream.len, rd, n);
 		stream.len += n;
 	} while (n > 0);
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
 	ASSERT_EQ(0, close(fd));
-	TH_LOG("saved %zu bytes through B's BAR2 mapping", stream.len);
 
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[1].fd, STOP, NULL));
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[1].fd, RESUMING, &fd));
 	ASSERT_LE(0, fd);
-	win = c->mem[0] + 3;
 	for (off = 0; off < stream.len; off += n) {
 		size_t len = sizes[i++ % ARRAY_SIZE(sizes)];
 
 		if (len > stream.len - off)
 			len = stream.len - off;
-		memcpy(win, stream.data + off, len);
-		n = timed_write(fd, win, len);
-		ASSERT_LT(0, n) TH_LOG("write from A's BAR2 mapping: %s", strerror(-n));
+		memcpy(wr, stream.data + off, len);
+		n = timed_write(fd, wr, len);
+		ASSERT_LT(0, n) TH_LOG("write: %s", strerror(-n));
 	}
-	nfd = vfio_mig_set_state(c->dev[1].fd, STOP, NULL);
-	ASSERT_EQ(0, nfd) TH_LOG("RESUMING -> STOP: %s", strerror(-nfd));
+	ret = vfio_mig_set_state(c->dev[1].fd, STOP, NULL);
+	ASSERT_EQ(0, ret) TH_LOG("RESUMING -> STOP: %s", strerror(-ret));
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[1].fd, RUNNING, NULL));
 	ASSERT_EQ(0, close(fd));
 	ivshmem_check(_metadata, c);
 	mig_buf_free(&stream);
+}
+
+/*
+ * The data_fd copies device memory straight between the BAR and the pinned
+ * pages of the user's buffer, with 64-bit or 32-bit accesses depending on
+ * alignment: unaligned and odd-sized buffers must work.
+ */
+TEST_F_TIMEOUT(ivshmem_vfio_pci, data_fd_odd_buffers, 600)
+{
+	u8 *rd = malloc(2 * SZ_1M + 64), *wr = malloc(2 * SZ_1M + 64);
+
+	ASSERT_NE(NULL, rd);
+	ASSERT_NE(NULL, wr);
+	migrate_through_windows(_metadata, &self->c, rd + 5, wr + 3);
+	migrate_through_windows(_metadata, &self->c, rd + 8, wr + 16);
+	free(rd);
+	free(wr);
+}
+
+/*
+ * A buffer that cannot be pinned (an mmap() of device memory is VM_PFNMAP)
+ * must still work, through a bounce buffer: save A into a window of B's
+ * BAR2 mapping and resume B from a window of A's BAR2 mapping.
+ */
+TEST_F_TIMEOUT(ivshmem_vfio_pci, data_fd_buffers_in_device_memory, 600)
+{
+	struct ivshmem_ctx *c = &self->c;
+
+	ASSERT_LE(2 * SZ_1M + 64, c->size);
+	migrate_through_windows(_metadata, c, c->mem[1] + 5, c->mem[0] + 3);
 }
 
 /*
