@@ -313,7 +313,8 @@ pub trait MigrationOps<T: Driver>: 'static {
     /// Produces the next record(s) of a saving session into `out`.
     ///
     /// Returns `false` when nothing is ready: in [`SavePhase::PreCopy`] for now, in
-    /// [`SavePhase::StopCopy`] for good (the abstraction then ends the stream).
+    /// [`SavePhase::StopCopy`] for good (the abstraction then ends the stream). Returning `true`
+    /// without producing a record is an error (`EIO` for the reader).
     fn save_next(
         dev: &Device<T, Open>,
         save: &mut Self::Save,
@@ -850,6 +851,10 @@ impl<T: Driver> SaveFile<T> {
             let produced =
                 dev.with_memory(|| Ops::<T>::save_next(dev, &mut s.state, s.phase, &mut sink))?;
             if produced {
+                if sink.batch.segs.is_empty() {
+                    // A driver that claims a record but produced none would make readers spin.
+                    return Err(EIO);
+                }
                 initial = before.initial > 0;
             } else if s.phase == SavePhase::PreCopy {
                 return Err(ENOMSG);
