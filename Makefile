@@ -33,7 +33,7 @@ initramfs: kernel
 	@$(OVERLAY)/initramfs.sh
 
 check: initramfs
-	@TAP_OUT=$(BUILD)/check.tap $(OVERLAY)/vm.sh check
+	@IVSHMEM_DOORBELL=1 TAP_OUT=$(BUILD)/check.tap $(OVERLAY)/vm.sh check
 
 demo: initramfs
 	@TAP_OUT=$(BUILD)/demo.tap $(OVERLAY)/vm.sh demo

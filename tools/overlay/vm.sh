@@ -14,7 +14,9 @@
 #
 # Environment: VM_NAME (output folder name, default PLAN), IVSHMEM_SIZE (default 64M),
 # IVSHMEM_EXTRA (sizes of more ivshmem-plain devices after the two, each behind
-# its own pcie-root-port, e.g. "16M 1G"; default none), VM_TIMEOUT (default 1200 s),
+# its own pcie-root-port, e.g. "16M 1G"; default none), IVSHMEM_DOORBELL=1 (one more
+# device, an ivshmem-doorbell served by tools/overlay/ivshmem-server.c, which the driver
+# must decline; default 0), VM_TIMEOUT (default 1200 s),
 # VM_MEM (default 1G), TAP_OUT (default $BUILD/PLAN.tap), VM_QUIET=1 prints
 # only the summary.
 set -euo pipefail
@@ -60,10 +62,36 @@ for size in "$IVSHMEM_SIZE" "$IVSHMEM_SIZE" $IVSHMEM_EXTRA; do
 done
 devices="ivshmem $IVSHMEM_SIZE x2${IVSHMEM_EXTRA:+ + $IVSHMEM_EXTRA}"
 
+spid=
+if [ "${IVSHMEM_DOORBELL:-0}" = 1 ]; then
+	server=$BUILD/ivshmem-server
+	src=$(dirname "$0")/ivshmem-server.c
+	if [ ! -x "$server" ] || [ "$src" -nt "$server" ]; then
+		gcc -O2 -Wall -Werror -o "$server" "$src" || die "building $server failed"
+	fi
+	sock=$dir/ivshmem.sock
+	rm -f "$sock"
+	"$server" "$sock" 1048576 &
+	spid=$!
+	for _ in $(seq 50); do
+		[ -S "$sock" ] && break
+		sleep 0.1
+	done
+	[ -S "$sock" ] || { kill "$spid"; die "ivshmem-server did not start"; }
+	sleep 0.2
+	qemu+=(-chardev "socket,id=ivdb,path=$sock"
+		-device "pcie-root-port,id=rp$i,chassis=$((i + 1)),slot=$((i + 1))"
+		-device "ivshmem-doorbell,chardev=ivdb,vectors=1,bus=rp$i")
+	devices="$devices + doorbell"
+fi
+
 start=$(date +%s)
 "${qemu[@]}" </dev/null >"$dir/qemu.log" 2>&1 &
 qpid=$!
-cleanup() { kill -9 "$qpid" 2>/dev/null || true; }
+cleanup() {
+	kill -9 "$qpid" 2>/dev/null || true
+	[ -z "$spid" ] || kill "$spid" 2>/dev/null || true
+}
 trap cleanup EXIT INT TERM
 
 # Stream the TAP lines while the guest runs; stop at the deadline.

@@ -33,6 +33,7 @@ plan_check() {
 		tap_result "not ok" "guest: ivshmem-vfio-pci loaded" ""
 	fi
 	check_override_only "$a" ivshmem-vfio-pci
+	check_declines_doorbell
 	for drv in vfio-pci ivshmem-vfio-pci; do
 		if ! bind_to "$a" "$drv"; then
 			tap_result "not ok" "guest: bind $a to $drv" ""
@@ -58,6 +59,28 @@ check_override_only() {
 		tap_result "not ok" "$2: binds only through driver_override [$2 $1]" ""
 	else
 		tap_result ok "$2: binds only through driver_override [$2 $1]" ""
+	fi
+	unbind "$1"
+}
+
+# check_declines_doorbell: ivshmem-vfio-pci must refuse ivshmem-doorbell (MSI-X in
+# BAR1, interrupts between peers), even through driver_override, and say why.
+check_declines_doorbell() {
+	set -- $(ivshmem_doorbell_bdfs)
+	name="ivshmem-vfio-pci: declines ivshmem-doorbell"
+	if [ $# -lt 1 ]; then
+		tap_result ok "$name [ivshmem-vfio-pci]" "SKIP no ivshmem-doorbell device (IVSHMEM_DOORBELL=1)"
+		return
+	fi
+	msg="$1: ivshmem-doorbell (MSI-X BAR1) is not supported"
+	before=$(dmesg | grep -c "$msg")
+	bind_to "$1" ivshmem-vfio-pci
+	after=$(dmesg | grep -c "$msg")
+	if [ -z "$(driver_of "$1")" ] && [ "$after" -gt "$before" ]; then
+		tap_result ok "$name [ivshmem-vfio-pci $1]" ""
+	else
+		say "driver: '$(driver_of "$1")', messages before/after: $before/$after"
+		tap_result "not ok" "$name [ivshmem-vfio-pci $1]" ""
 	fi
 	unbind "$1"
 }
