@@ -137,7 +137,6 @@ use crate::{
         Release, //
     },
     types::Opaque,
-    uaccess::UserSlice,
     vfio::{
         migration::MigState,
         MigrationFlags, //
@@ -159,11 +158,9 @@ use core::{
 mod migration;
 
 /// `VFIO_DEVICE_IOEVENTFD`.
+// CAST: `VFIO_TYPE` is the ASCII code of ';'.
 const VFIO_DEVICE_IOEVENTFD: u32 =
     crate::ioctl::_IO(bindings::VFIO_TYPE as u32, bindings::VFIO_BASE + 16);
-
-/// Size of `struct vfio_device_ioeventfd`, up to and including `fd`.
-const IOEVENTFD_SIZE: usize = 28;
 
 pub use migration::{
     BarRecord,
@@ -769,8 +766,8 @@ impl BarIo<'_> {
     ///
     /// # Safety
     ///
-    /// `dst` must be valid for writes of `len` bytes, which no reference may cover during the
-    /// call.
+    /// `dst` must be valid for writes of `len` bytes, which no other reference may cover during
+    /// the call.
     pub unsafe fn read_raw(&self, off: usize, dst: *mut u8, len: usize) -> Result {
         let p = self.at(off, len)?;
         // SAFETY: `p` is valid MMIO for `len` bytes (checked above), `dst` valid for writes of
@@ -786,8 +783,8 @@ impl BarIo<'_> {
     ///
     /// # Safety
     ///
-    /// `src` must be valid for reads of `len` bytes, which no mutable reference may cover during
-    /// the call.
+    /// `src` must be valid for reads of `len` bytes, which no other mutable reference may cover
+    /// during the call.
     pub unsafe fn write_raw(&self, off: usize, src: *const u8, len: usize) -> Result {
         let p = self.at(off, len)?;
         // SAFETY: `p` is valid MMIO for `len` bytes (checked above), `src` valid for reads of
@@ -1010,14 +1007,16 @@ pub trait Driver: Sized + 'static {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Called before an eventfd is assigned to a write of `size` bytes at `offset` of BAR `bar`
-    /// (`VFIO_DEVICE_IOEVENTFD`); an error refuses it with that error. Optional (default:
-    /// accept; removing an ioeventfd is never refused).
+    /// Called before `vfio_pci_core_ioctl()` handles a `VFIO_DEVICE_IOEVENTFD` request; an
+    /// error refuses the request with that error. Optional (default: pass it on).
     ///
     /// The kernel performs the writes of an ioeventfd itself, bypassing [`Driver::write`] and
     /// the device's mappings: a driver that tracks the writes to a BAR must refuse ioeventfds
-    /// there.
-    fn ioeventfd(_dev: &Device<Self, Open>, _bar: u32, _offset: u64, _size: u32) -> Result {
+    /// there. The request is not decoded here on purpose: `vfio_pci_core_ioctl()` copies it from
+    /// userspace again (and `vfio_pci_ioeventfd()` is not exported), so a check of its BAR or
+    /// offset could be raced by another thread changing them in between; such a driver refuses
+    /// every request while it tracks writes.
+    fn ioeventfd(_dev: &Device<Self, Open>) -> Result {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
@@ -1415,7 +1414,7 @@ impl<T: Driver> Ops<T> {
         let this = unsafe { Device::<T, Open>::from_vdev(vdev) };
 
         let ret = if T::HAS_IOEVENTFD && cmd == VFIO_DEVICE_IOEVENTFD {
-            Self::check_ioeventfd(this, arg)
+            T::ioeventfd(this)
         } else {
             Ok(())
         };
@@ -1430,33 +1429,6 @@ impl<T: Driver> Ops<T> {
             Ok(ret) => ret,
             Err(e) => e.to_errno() as c_long,
         }
-    }
-
-    /// Asks [`Driver::ioeventfd`] about the `VFIO_DEVICE_IOEVENTFD` request at `arg`.
-    ///
-    /// A request that cannot be read, or is malformed, is left to `vfio_pci_core_ioctl()` to
-    /// refuse.
-    fn check_ioeventfd(this: &Device<T, Open>, arg: usize) -> Result {
-        let mut raw = [0u8; IOEVENTFD_SIZE];
-        if UserSlice::new(UserPtr::from_addr(arg), IOEVENTFD_SIZE)
-            .reader()
-            .read_slice(&mut raw)
-            .is_err()
-        {
-            return Ok(());
-        }
-        // `struct vfio_device_ioeventfd`: argsz, flags, offset, data, fd, in native byte order.
-        let ne32 = |at: usize| u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
-        let mut offset = [0u8; 8];
-        offset.copy_from_slice(&raw[8..16]);
-        // CAST: `fd` is a `__s32`.
-        if ne32(24) as i32 == -1 {
-            return Ok(());
-        }
-        let size = ne32(4) & bindings::VFIO_DEVICE_IOEVENTFD_SIZE_MASK;
-        // CAST: A file offset of the device, as `vfio_pci_core_ioctl()` reads it.
-        let pos = u64::from_ne_bytes(offset) as i64;
-        T::ioeventfd(this, region_index(pos), region_offset(pos), size)
     }
 
     /// `mmap`.

@@ -29,9 +29,11 @@
 //! faults and marks it) and through the region `write()` path. PRE_COPY streams the initial
 //! image of BAR2 in 1 MiB records, then the pages written since they were sent, one page per
 //! record; STOP_COPY streams what is left, then `REGS`. `dirty_bytes` is exact: the marked pages
-//! times the size of their records. `VFIO_DEVICE_IOEVENTFD` on BAR2 is refused with
-//! `EOPNOTSUPP`: the kernel would write for it behind the tracking's back (QEMU then handles the
-//! access itself). With `track_writes=0`, STOP_COPY streams all of BAR2 again.
+//! times the size of their records. `VFIO_DEVICE_IOEVENTFD` is refused with `EOPNOTSUPP`: the
+//! kernel would write for an ioeventfd on BAR2 behind the tracking's back, and the BAR of a
+//! request cannot be checked without racing the VFIO core's own copy of it (QEMU then handles
+//! such accesses itself; it sets none on ivshmem). With `track_writes=0`, STOP_COPY streams all
+//! of BAR2 again.
 //!
 //! ivshmem-plain does no DMA and has no peer-to-peer activity, so the P2P and STOP arcs have
 //! nothing to quiesce: once the user stops writing (the VMM stops its vCPUs), the state is
@@ -427,9 +429,10 @@ impl vfio::pci::Driver for IvshmemVfioPci {
         Ok(n)
     }
 
-    fn ioeventfd(_dev: &Device<Self, Open>, bar: u32, _offset: u64, _size: u32) -> Result {
-        // The kernel's writes for an ioeventfd would bypass the write tracking of BAR2.
-        if bar == SHMEM_BAR && module_parameters::track_writes.value() {
+    fn ioeventfd(_dev: &Device<Self, Open>) -> Result {
+        // The kernel's writes for an ioeventfd on BAR2 would bypass the write tracking; which BAR
+        // a request targets cannot be checked without a race, so all are refused.
+        if module_parameters::track_writes.value() {
             return Err(EOPNOTSUPP);
         }
         Ok(())

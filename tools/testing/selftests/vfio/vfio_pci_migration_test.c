@@ -1613,43 +1613,38 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci, data_fd_buffers_in_device_memory, 600)
 
 /*
  * The kernel performs the writes of an ioeventfd itself, behind the write
- * tracking's back: ivshmem-vfio-pci refuses them on BAR2 (QEMU then handles
- * such accesses in userspace) and still accepts them elsewhere, here on
- * BAR0's INTRMASK, whose eventfd write must then land.
+ * tracking's back, and which BAR a request targets cannot be checked
+ * without racing the VFIO core's own copy of it: ivshmem-vfio-pci refuses
+ * every VFIO_DEVICE_IOEVENTFD while it tracks writes (QEMU then handles such
+ * accesses in userspace), on BAR2 as on BAR0, and the device still works.
  */
-TEST_F(ivshmem_vfio_pci, ioeventfd_refused_on_tracked_bar2)
+TEST_F(ivshmem_vfio_pci, ioeventfd_refused_while_tracking)
 {
 	struct ivshmem_ctx *c = &self->c;
 	struct vfio_device_ioeventfd ioe = {
 		.argsz = sizeof(ioe),
 		.flags = VFIO_DEVICE_IOEVENTFD_32,
+		.data = 0x5a5a5a5a,
 	};
-	u64 one = 1;
+	const u64 offsets[] = {
+		c->bar2[0].offset + 4096, c->bar0[0].offset + IVSHMEM_INTRMASK,
+	};
 	int efd, i;
 
 	efd = eventfd(0, EFD_CLOEXEC);
 	ASSERT_LE(0, efd);
-	ioe.fd = efd;
-	ioe.offset = c->bar2[0].offset + 4096;
-	ioe.data = 0x5a5a5a5a;
-	EXPECT_EQ(-1, ioctl(c->dev[0].fd, VFIO_DEVICE_IOEVENTFD, &ioe));
-	EXPECT_EQ(EOPNOTSUPP, errno);
-
-	ioe.offset = c->bar0[0].offset + IVSHMEM_INTRMASK;
-	ioe.data = 0x00ff00f1;
-	ASSERT_EQ(0, ioctl(c->dev[0].fd, VFIO_DEVICE_IOEVENTFD, &ioe))
-		TH_LOG("ioeventfd on BAR0: %s", strerror(errno));
-	ASSERT_EQ(sizeof(one), write(efd, &one, sizeof(one)));
-	for (i = 0; i < 1000; i++) {
-		if (ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK) == ioe.data)
-			break;
-		usleep(1000);
+	for (i = 0; i < ARRAY_SIZE(offsets); i++) {
+		ioe.fd = efd;
+		ioe.offset = offsets[i];
+		EXPECT_EQ(-1, ioctl(c->dev[0].fd, VFIO_DEVICE_IOEVENTFD, &ioe))
+			TH_LOG("ioeventfd at %#llx accepted", (unsigned long long)ioe.offset);
+		EXPECT_EQ(EOPNOTSUPP, errno);
+		ioe.fd = -1;
+		EXPECT_EQ(-1, ioctl(c->dev[0].fd, VFIO_DEVICE_IOEVENTFD, &ioe));
 	}
-	EXPECT_EQ(ioe.data, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK));
-	ioe.fd = -1;
-	EXPECT_EQ(0, ioctl(c->dev[0].fd, VFIO_DEVICE_IOEVENTFD, &ioe))
-		TH_LOG("removing the ioeventfd: %s", strerror(errno));
 	ASSERT_EQ(0, close(efd));
+	ivshmem_set_reg(_metadata, c, 0, IVSHMEM_INTRMASK, 0x00ff00f1);
+	EXPECT_EQ(0x00ff00f1, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK));
 }
 
 /* Write @val to the sysfs attribute @path; 0 or -errno. */
