@@ -50,7 +50,8 @@ impl PinnedUserPages {
     /// `write` is set (the pages are then marked dirty when unpinned).
     ///
     /// Fails with `EFAULT` if part of the range is not mapped or cannot be pinned (for example an
-    /// `mmap()` of device memory, `VM_IO | VM_PFNMAP`), or is read-only and `write` is set.
+    /// `mmap()` of device memory, `VM_IO | VM_PFNMAP`), or is read-only and `write` is set; with
+    /// another error of `pin_user_pages_fast()` (e.g. `ENOMEM`, `EINTR`) otherwise.
     pub fn new(ptr: UserPtr, len: usize, write: bool) -> Result<Self> {
         // CAST: A user address is an integer.
         let addr = ptr.as_const_ptr() as usize;
@@ -129,8 +130,9 @@ impl PinnedUserPages {
             // SAFETY: `page` is pinned, so it is a valid page until `drop`.
             let base = unsafe { bindings::kmap_local_page(page) };
             let ret = f(base.cast::<u8>().wrapping_add(in_page), n, at);
-            // SAFETY: `base` was returned by the matching `kmap_local_page()` above, and local
-            // mappings are released in reverse order: `f` released its own ones.
+            // SAFETY: `base` was returned by the matching `kmap_local_page()` above and is the
+            // innermost local mapping again: the only safe ways to make local mappings unmap
+            // them before they return, so `f` left none behind.
             unsafe { bindings::kunmap_local(base) };
             ret?;
             at += n;

@@ -115,6 +115,7 @@ use core::{
 };
 
 /// `VFIO_MIG_GET_PRECOPY_INFO`.
+// CAST: `VFIO_TYPE` is the ASCII code of ';'.
 const VFIO_MIG_GET_PRECOPY_INFO: u32 = _IO(bindings::VFIO_TYPE as u32, bindings::VFIO_BASE + 21);
 
 /// Size of `struct vfio_precopy_info`, which is also its minimum `argsz`.
@@ -589,6 +590,7 @@ impl<T: Driver> Device<T, Open> {
                 if !precopy {
                     // STOP -> STOP_COPY: already stopped.
                 }
+                check_bar_records::<T>()?;
                 let mut id = KVec::new();
                 Ops::<T>::identity(self, &mut id)?;
                 let state = Ops::<T>::save_begin(self, precopy)?;
@@ -633,6 +635,7 @@ impl<T: Driver> Device<T, Open> {
                 Ok(None)
             }
             MigArc::ResumeOpen => {
+                check_bar_records::<T>()?;
                 let mut id = KVec::new();
                 Ops::<T>::identity(self, &mut id)?;
                 let state = Ops::<T>::resume_begin(self)?;
@@ -835,9 +838,11 @@ impl<T: Driver> SaveFile<T> {
             batch: &mut io.batch,
             bar_records: Ops::<T>::BAR_RECORDS,
         };
+        if s.header.is_some() {
+            sink.batch.segs.reserve(1, GFP_KERNEL)?;
+        }
         if let Some(id) = s.header.take() {
             let head = sink.batch.buf.len();
-            sink.batch.segs.reserve(1, GFP_KERNEL)?;
             if let Err(e) = sink.writer.append_header(&mut sink.batch.buf, &id) {
                 s.header = Some(id);
                 return Err(e);
@@ -849,7 +854,14 @@ impl<T: Driver> SaveFile<T> {
         } else {
             let before = Ops::<T>::save_pending(dev, &s.state);
             let produced =
-                dev.with_memory(|| Ops::<T>::save_next(dev, &mut s.state, s.phase, &mut sink))?;
+                dev.with_memory(|| Ops::<T>::save_next(dev, &mut s.state, s.phase, &mut sink));
+            let produced = match produced {
+                // Records produced before the failure are part of the stream already (counted
+                // by the writer, no longer pending for the driver): hand them out; a lasting
+                // failure comes back with the next refill.
+                Err(_) if !sink.batch.segs.is_empty() => true,
+                ret => ret?,
+            };
             if produced {
                 if sink.batch.segs.is_empty() {
                     // A driver that claims a record but produced none would make readers spin.
@@ -955,7 +967,9 @@ impl<T: Driver> SaveFile<T> {
             .header
             .as_ref()
             .map_or(0, |id| migration::header_record_size(id.len()));
+        // CAST: `usize` fits in `u64`.
         let initial = p.initial + (io.initial + header) as u64;
+        // CAST: `usize` fits in `u64`; `io.initial <= unread` (the initial bytes are unread ones).
         let dirty = p.dirty + (unread - io.initial) as u64;
         // SAFETY: The device is alive; `precopy_info_v2` is only written by the VFIO core under
         // the device set lock at open and by the feature ioctl, a byte read is fine.
@@ -1046,6 +1060,20 @@ struct ResumeFile<T: Driver> {
     io: Mutex<ResumeIo>,
 }
 
+/// Checks [`MigrationOps::BAR_RECORDS`]: driver record types of standard BARs, each type once.
+fn check_bar_records<T: Driver>() -> Result {
+    let recs = Ops::<T>::BAR_RECORDS;
+    for (i, r) in recs.iter().enumerate() {
+        if r.ty < migration::RECORD_DRIVER_BASE
+            || r.bar > bindings::VFIO_PCI_BAR5_REGION_INDEX
+            || recs[..i].iter().any(|o| o.ty == r.ty)
+        {
+            return Err(EINVAL);
+        }
+    }
+    Ok(())
+}
+
 /// Returns the BAR of records of type `ty`, if they are [`MigrationOps::BAR_RECORDS`].
 fn bar_of<T: Driver>(ty: u32) -> Option<u32> {
     Ops::<T>::BAR_RECORDS
@@ -1057,6 +1085,7 @@ fn bar_of<T: Driver>(ty: u32) -> Option<u32> {
 /// Checks that `len` bytes at `off` are inside `bar`.
 fn check_bar_range(bar: &BarIo<'_>, off: u64, len: u64) -> Result {
     match off.checked_add(len) {
+        // CAST: `usize` fits in `u64`.
         Some(end) if end <= bar.len() as u64 => Ok(()),
         _ => Err(EINVAL),
     }
@@ -1137,12 +1166,17 @@ impl<T: Driver> ResumeFile<T> {
     fn consume(&self, io: &mut ResumeIo, inp: &mut UserBuffer) -> Result<usize> {
         let r = &mut io.reader;
         let mut done = 0;
+        // A fault on the user's buffer consumes nothing of it and leaves the stream usable: what
+        // was consumed before is reported, the caller may retry the rest.
+        let fault = |done: usize, e: Error| if done > 0 { Ok(done) } else { Err(e) };
         while !inp.is_empty() {
             let n = match r.input()? {
                 Input::Buffer(buf) => {
                     let n = buf.len().min(inp.len());
                     // The user copy runs with the I/O lock only, see the module documentation.
-                    inp.read_slice(&mut buf[..n])?;
+                    if let Err(e) = inp.read_slice(&mut buf[..n]) {
+                        return fault(done, e);
+                    }
                     n
                 }
                 Input::Direct {
@@ -1156,8 +1190,7 @@ impl<T: Driver> ResumeFile<T> {
                     let want = (total - at).min(inp.len() as u64) as usize;
                     match self.write_bar(&mut io.bounce, bar, (offset, at, total), want, inp) {
                         Ok(n) => n,
-                        // A fault on the user's buffer consumes nothing.
-                        Err(e) if e == EFAULT => return Err(e),
+                        Err(e) if e == EFAULT => return fault(done, e),
                         Err(e) => return Err(r.fail(e)),
                     }
                 }
