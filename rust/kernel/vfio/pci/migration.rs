@@ -538,6 +538,24 @@ impl<T: Driver> Device<T> {
         unsafe { &*ptr }
     }
 
+    /// Runs `f` on BAR `bar` with the migration lock and `memory_lock` held, if `active` says
+    /// (under the migration lock) that the calling data file is active, and the device's memory
+    /// decoding is enabled; fails with `ENODEV` or `EIO` otherwise.
+    fn with_active_bar<R>(
+        &self,
+        active: impl FnOnce(&mut MigInner<T>) -> bool,
+        bar: u32,
+        f: impl FnOnce(&BarIo<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let mut g = self.mig_lock();
+        if !active(&mut g) {
+            return Err(ENODEV);
+        }
+        // SAFETY: A data file is active and the migration lock is held, so the device is open.
+        let dev = unsafe { self.assume_open() };
+        dev.with_memory(|| f(&dev.bar(bar)?))
+    }
+
     /// Handles a reset of the device (`reset_done`).
     pub(super) fn mig_reset_done(&self) {
         *self.mig.deferred_reset.lock() = true;
@@ -888,11 +906,8 @@ impl<T: Driver> SaveFile<T> {
     /// Runs `f` on BAR `bar`, with the migration lock and `memory_lock` held, if this file is
     /// active and the device's memory decoding is enabled.
     fn with_bar<R>(&self, bar: u32, f: impl FnOnce(&BarIo<'_>) -> Result<R>) -> Result<R> {
-        let mut g = self.dev.mig_lock();
-        self.session(&mut g).ok_or(ENODEV)?;
-        // SAFETY: The file is active and the migration lock is held, so the device is open.
-        let dev = unsafe { self.dev.assume_open() };
-        dev.with_memory(|| f(&dev.bar(bar)?))
+        self.dev
+            .with_active_bar(|g| self.session(g).is_some(), bar, f)
     }
 
     /// Copies bytes of the current segment to `out`, consuming them from both.
@@ -1105,11 +1120,8 @@ impl<T: Driver> ResumeFile<T> {
     /// Runs `f` on BAR `bar`, with the migration lock and `memory_lock` held, if this file is
     /// active and the device's memory decoding is enabled.
     fn with_bar<R>(&self, bar: u32, f: impl FnOnce(&BarIo<'_>) -> Result<R>) -> Result<R> {
-        let mut g = self.dev.mig_lock();
-        self.session(&mut g).ok_or(ENODEV)?;
-        // SAFETY: The file is active and the migration lock is held, so the device is open.
-        let dev = unsafe { self.dev.assume_open() };
-        dev.with_memory(|| f(&dev.bar(bar)?))
+        self.dev
+            .with_active_bar(|g| self.session(g).is_some(), bar, f)
     }
 
     /// Writes up to `want` bytes of `inp` into BAR `bar`, as data `at..` of a record of `total`
