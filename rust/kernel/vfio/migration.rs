@@ -453,11 +453,13 @@ impl StreamReader {
     /// Records of the types in `direct` are *direct* records: their payload starts with a
     /// [`DIRECT_PREFIX`], which the reader buffers, and the rest is data, which the reader never
     /// buffers but hands to the caller as [`Input::Direct`].
-    pub fn new(identity: &[u8], direct: &[u32]) -> Result<Self> {
+    pub fn new(identity: &[u8], direct: impl IntoIterator<Item = u32>) -> Result<Self> {
         let mut id = KVec::with_capacity(identity.len(), GFP_KERNEL)?;
         id.extend_from_slice(identity, GFP_KERNEL)?;
-        let mut types = KVec::with_capacity(direct.len(), GFP_KERNEL)?;
-        types.extend_from_slice(direct, GFP_KERNEL)?;
+        let mut types = KVec::new();
+        for ty in direct {
+            types.push(ty, GFP_KERNEL)?;
+        }
         Ok(Self {
             identity: id,
             direct: types,
@@ -759,7 +761,7 @@ mod tests {
             &[(0x100, 0, &data), (0x101, 0, &[1, 2, 3, 4, 5, 6, 7, 8])],
         )?;
         for chunk in [1, 7, 24, 25, 4096] {
-            let mut r = StreamReader::new(ID, &[])?;
+            let mut r = StreamReader::new(ID, [])?;
             let seen = feed(&mut r, &s, chunk)?;
             assert_eq!(&seen[..], &[(0x100, 3000), (0x101, 8)]);
             r.finish()?;
@@ -776,7 +778,7 @@ mod tests {
             &[(0x100, 0, &mem), (0x101, 0, &[1, 2, 3, 4, 5, 6, 7, 8])],
         )?;
         for chunk in [1, 7, 24, 33, 4096] {
-            let mut r = StreamReader::new(ID, &[0x100])?;
+            let mut r = StreamReader::new(ID, [0x100])?;
             let (mut off, mut direct) = (0, 0u64);
             let mut seen = KVec::new();
             while off < s.len() {
@@ -811,7 +813,7 @@ mod tests {
         }
         // A direct record too short for its prefix.
         let short = stream(7, &[(0x100, 0, &[0u8; 4])])?;
-        let mut r = StreamReader::new(ID, &[0x100])?;
+        let mut r = StreamReader::new(ID, [0x100])?;
         assert!(feed(&mut r, &short, 4096).is_err());
         Ok(())
     }
@@ -820,7 +822,7 @@ mod tests {
     fn rejects_bad_streams() -> Result {
         let good = stream(9, &[(0x100, 0, &[0u8; 100])])?;
         let check = |bytes: &[u8]| -> Result<bool> {
-            let mut r = StreamReader::new(ID, &[])?;
+            let mut r = StreamReader::new(ID, [])?;
             Ok(feed(&mut r, bytes, 64).is_err() || r.finish().is_err())
         };
 
@@ -865,7 +867,7 @@ mod tests {
         let mut big = KVVec::new();
         big.extend_from_slice(&good, GFP_KERNEL)?;
         big[hdr_len + 8..hdr_len + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        let mut r = StreamReader::new(ID, &[])?;
+        let mut r = StreamReader::new(ID, [])?;
         assert_eq!(feed(&mut r, &big, 4096).err(), Some(EMSGSIZE));
         assert!(matches!(r.input(), Err(e) if e == EMSGSIZE));
         // END with a wrong record count.

@@ -214,10 +214,18 @@ impl RecordSink<'_> {
         } else {
             0
         };
+        self.append_with(|w, buf| w.append(buf, ty, flags, len, fill))
+    }
+
+    /// Runs `append`, which appends whole records to the batch's buffer, and accounts them.
+    fn append_with(
+        &mut self,
+        append: impl FnOnce(&mut StreamWriter, &mut KVVec<u8>) -> Result,
+    ) -> Result {
         self.batch.segs.reserve(1, GFP_KERNEL)?;
-        self.writer
-            .append(&mut self.batch.buf, ty, flags, len, fill)?;
-        self.batch.add_bytes(record_size(len));
+        let start = self.batch.buf.len();
+        append(self.writer, &mut self.batch.buf)?;
+        self.batch.add_bytes(self.batch.buf.len() - start);
         Ok(())
     }
 
@@ -255,11 +263,6 @@ impl RecordSink<'_> {
         }
         Ok(())
     }
-}
-
-/// Returns the stream size of a record with `len` payload bytes.
-fn record_size(len: usize) -> usize {
-    migration::record_size(len)
 }
 
 /// The migration operations of a VFIO PCI variant driver.
@@ -657,11 +660,8 @@ impl<T: Driver> Device<T, Open> {
                 let mut id = KVec::new();
                 Ops::<T>::identity(self, &mut id)?;
                 let state = Ops::<T>::resume_begin(self)?;
-                let mut direct = KVec::with_capacity(Ops::<T>::BAR_RECORDS.len(), GFP_KERNEL)?;
-                for rec in Ops::<T>::BAR_RECORDS {
-                    direct.push(rec.ty, GFP_KERNEL)?;
-                }
-                let reader = StreamReader::new(&id, &direct)?;
+                let direct = Ops::<T>::BAR_RECORDS.iter().map(|r| r.ty);
+                let reader = StreamReader::new(&id, direct)?;
                 let file = Arc::pin_init(ResumeFile::new(ARef::from(&**self), reader), GFP_KERNEL)?;
                 let f = anon_inode::new_stream_file::<ResumeFile<T>>(
                     anon_inode::Options {
@@ -856,16 +856,9 @@ impl<T: Driver> SaveFile<T> {
             batch: &mut io.batch,
             bar_records: Ops::<T>::BAR_RECORDS,
         };
-        if s.header.is_some() {
-            sink.batch.segs.reserve(1, GFP_KERNEL)?;
-        }
-        if let Some(id) = s.header.take() {
-            let head = sink.batch.buf.len();
-            if let Err(e) = sink.writer.append_header(&mut sink.batch.buf, &id) {
-                s.header = Some(id);
-                return Err(e);
-            }
-            sink.batch.add_bytes(sink.batch.buf.len() - head);
+        if let Some(id) = s.header.as_deref() {
+            sink.append_with(|w, buf| w.append_header(buf, id))?;
+            s.header = None;
             initial = true;
         } else if sink.writer.ended() {
             return Ok(false);
@@ -889,10 +882,7 @@ impl<T: Driver> SaveFile<T> {
             } else if s.phase == SavePhase::PreCopy {
                 return Err(ENOMSG);
             } else {
-                let end = sink.batch.buf.len();
-                sink.batch.segs.reserve(1, GFP_KERNEL)?;
-                sink.writer.append_end(&mut sink.batch.buf)?;
-                sink.batch.add_bytes(sink.batch.buf.len() - end);
+                sink.append_with(|w, buf| w.append_end(buf))?;
             }
         }
         // INVARIANT: Nothing of the new batch was read.
