@@ -494,6 +494,15 @@ static bool copy_movsl(void *dst, const void *src, size_t size)
 #endif
 }
 
+/* put_num() under the key @key@suffix. */
+static void put_num_suffixed(const char *key, const char *suffix, double v)
+{
+	char k[64];
+
+	snprintf(k, sizeof(k), "%s%s", key, suffix);
+	put_num(k, v);
+}
+
 /*
  * Time @np passes of memcpy of @size bytes from @src to @dst, alternating a
  * whole-buffer call and 1 MiB calls; keep the best and median of each under
@@ -504,7 +513,6 @@ static double bench_memcpy(void *dst, const void *src, size_t size, int np,
 			   const char *key, const char *key_chunked, const char *key_movsl)
 {
 	double whole[64], chunked[64], movsl = 0, t;
-	char k[64];
 	int i;
 
 	for (i = 0; i < np; i++) {
@@ -520,19 +528,13 @@ static double bench_memcpy(void *dst, const void *src, size_t size, int np,
 			movsl = t > movsl ? t : movsl;
 		}
 	}
-	if (movsl > 0) {
-		snprintf(k, sizeof(k), "%s_mbps", key_movsl);
-		put_num(k, movsl);
-	}
-	snprintf(k, sizeof(k), "%s_median_mbps", key);
-	put_num(k, median(whole, np));
-	snprintf(k, sizeof(k), "%s_median_mbps", key_chunked);
-	put_num(k, median(chunked, np));
+	if (movsl > 0)
+		put_num_suffixed(key_movsl, "_mbps", movsl);
+	put_num_suffixed(key, "_median_mbps", median(whole, np));
+	put_num_suffixed(key_chunked, "_median_mbps", median(chunked, np));
 	/* median() sorted them: the best is last. */
-	snprintf(k, sizeof(k), "%s_mbps", key);
-	put_num(k, whole[np - 1]);
-	snprintf(k, sizeof(k), "%s_mbps", key_chunked);
-	put_num(k, chunked[np - 1]);
+	put_num_suffixed(key, "_mbps", whole[np - 1]);
+	put_num_suffixed(key_chunked, "_mbps", chunked[np - 1]);
 	return whole[np - 1] > chunked[np - 1] ? whole[np - 1] : chunked[np - 1];
 }
 
