@@ -10,7 +10,7 @@
 use crate::{
     alloc::{
         flags::GFP_KERNEL,
-        KVec, //
+        KVVec, //
     },
     prelude::*,
     sync::atomic::{
@@ -21,7 +21,13 @@ use crate::{
     },
 };
 
-/// The page size the tracking works with.
+/// The tracking unit (a *page* of the set), in bytes.
+///
+/// It may be smaller than the CPU's `PAGE_SIZE` (16 KiB and 64 KiB kernels): a fault then
+/// reports the whole faulting page ([`Driver::bar_mmap_write`]'s `len`), and marking it marks
+/// every unit the page holds.
+///
+/// [`Driver::bar_mmap_write`]: crate::vfio::pci::Driver::bar_mmap_write
 pub const PAGE: u64 = 4096;
 
 /// A set of pages with an exact count, updated lock-free.
@@ -31,7 +37,7 @@ pub const PAGE: u64 = 4096;
 /// `count` is the number of set bits of `words` (up to the moment of a concurrent update), and
 /// no bit at or beyond `pages` is ever set.
 pub struct DirtyPages {
-    words: KVec<Atomic<u64>>,
+    words: KVVec<Atomic<u64>>,
     pages: usize,
     count: Atomic<u64>,
     active: Atomic<bool>,
@@ -42,7 +48,8 @@ impl DirtyPages {
     pub fn new(bytes: u64) -> Result<Self> {
         let pages = usize::try_from(bytes.div_ceil(PAGE))?;
         let n = pages.div_ceil(64);
-        let mut words = KVec::with_capacity(n, GFP_KERNEL)?;
+        // One bit per 4 KiB: 4 MiB of words for 128 GiB, more than kmalloc may give.
+        let mut words = KVVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
             words.push(Atomic::new(0u64), GFP_KERNEL)?;
         }
@@ -89,11 +96,13 @@ impl DirtyPages {
         }
     }
 
-    /// Marks the pages that bytes `offset..offset + len` touch, if the set is active.
-    pub fn mark(&self, offset: u64, len: u64) {
-        if len == 0 || !self.is_active() {
-            return;
+    /// Marks the pages that bytes `offset..offset + len` touch, if the set is active; returns
+    /// whether one of them was not marked before (new data for the saving session).
+    pub fn mark(&self, offset: u64, len: u64) -> bool {
+        if len == 0 || self.pages == 0 || !self.is_active() {
+            return false;
         }
+        let mut new = false;
         let first = offset / PAGE;
         let last = (offset.saturating_add(len - 1) / PAGE).min(self.pages as u64 - 1);
         let mut page = first;
@@ -105,9 +114,10 @@ impl DirtyPages {
             } else {
                 ((1u64 << n) - 1) << bit
             };
-            self.update(w, |old| old | mask);
+            new |= self.update(w, |old| old | mask) & mask != mask;
             page += n;
         }
+        new
     }
 
     /// Unmarks up to `n` pages from `first` on; returns how many of them were marked.
@@ -201,6 +211,44 @@ mod tests {
         d.set_active(true);
         // Starting clears.
         assert_eq!(d.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn mark_reports_new_pages() -> Result {
+        let d = DirtyPages::new(64 * PAGE)?;
+        d.set_active(true);
+        assert!(d.mark(PAGE, 1));
+        assert!(!d.mark(PAGE + 10, 1));
+        assert!(d.mark(0, 2 * PAGE));
+        assert!(!d.mark(0, 2 * PAGE));
+        let empty = DirtyPages::new(0)?;
+        empty.set_active(true);
+        assert!(!empty.mark(0, PAGE));
+        assert_eq!(empty.count(), 0);
+        assert_eq!(empty.next_marked(0), None);
+        Ok(())
+    }
+
+    /// A fault on a 16 KiB or 64 KiB kernel reports the whole page: every unit of it is marked.
+    #[test]
+    fn mark_big_cpu_pages() -> Result {
+        for cpu_page in [16 * 1024u64, 64 * 1024] {
+            let units = cpu_page / PAGE;
+            let d = DirtyPages::new(8 * cpu_page)?;
+            d.set_active(true);
+            // The fault of the page at index 3, written at its last byte.
+            assert!(d.mark(3 * cpu_page, cpu_page));
+            assert_eq!(d.count(), units);
+            let first = usize::try_from(3 * units)?;
+            assert_eq!(d.next_marked(0), Some(first));
+            assert_eq!(d.take(first, usize::try_from(units)?), units);
+            assert_eq!(d.count(), 0);
+            // The last page of the set.
+            assert!(d.mark(7 * cpu_page, cpu_page));
+            assert_eq!(d.count(), units);
+            assert_eq!(d.next_marked(0), Some(usize::try_from(7 * units)?));
+        }
         Ok(())
     }
 }

@@ -106,7 +106,12 @@
 //! for kCFI: `enum vfio_device_mig_state` is passed through function pointers, so a kCFI build
 //! needs `--newtype-enum vfio_device_mig_state` and
 //! `--with-attribute-custom-enum=vfio_device_mig_state='#[cfi_encoding="21vfio_device_mig_state"]'`
-//! in `rust/bindgen_parameters` (the callbacks must then take the newtype, not `u32`).
+//! in `rust/bindgen_parameters` (the callbacks must then take the newtype, not `u32`). Until
+//! that is done, a kCFI build stops here instead of trapping at the first migration ioctl.
+
+// The migration callbacks take `enum vfio_device_mig_state` as `u32`: kCFI would trap on them.
+#[cfg(CONFIG_CFI_CLANG)]
+compile_error!("kernel::vfio::pci does not support CONFIG_CFI_CLANG yet (see the module docs)");
 
 use crate::{
     alloc::allocator::Kmalloc,
@@ -665,7 +670,12 @@ impl<T: Driver> TrackOps<T> {
         // it, unmaps it, copies it), the write faults again and notifies again. Notified
         // before the mapping, a re-arm in between would be lost and the write untracked.
         if ret == bindings::vm_fault_reason_VM_FAULT_NOPAGE {
-            T::bar_mmap_write(dev, bar, page << bindings::PAGE_SHIFT);
+            T::bar_mmap_write(
+                dev,
+                bar,
+                page << bindings::PAGE_SHIFT,
+                1 << bindings::PAGE_SHIFT,
+            );
         }
         ret
     }
@@ -685,7 +695,7 @@ impl<T: Driver> TrackOps<T> {
         // CAST: The region index is below 2^24.
         let bar = (pgoff >> shift) as u32;
         let offset = (pgoff & ((1 << shift) - 1)) << bindings::PAGE_SHIFT;
-        T::bar_mmap_write(dev, bar, offset);
+        T::bar_mmap_write(dev, bar, offset, 1 << bindings::PAGE_SHIFT);
         0
     }
 }
@@ -994,7 +1004,8 @@ pub trait Driver: Sized + 'static {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Called when userspace is about to write to the page at `offset` of BAR `bar` through an
+    /// Called when userspace is about to write to the `len` bytes at `offset` of BAR `bar` (the
+    /// page that faulted, `PAGE_SIZE` bytes, whatever the driver's tracking unit) through an
     /// `mmap()` of the device. Optional.
     ///
     /// Implementing it makes BAR mappings write-notifying: pages are mapped read-only and the
@@ -1003,7 +1014,7 @@ pub trait Driver: Sized + 'static {
     /// range. It runs in the page-fault path with the `mmap` lock held: it must not sleep on
     /// anything a fault or the migration lock may hold (record the write lock-free, e.g. with
     /// [`DirtyPages`](crate::vfio::dirty::DirtyPages)).
-    fn bar_mmap_write(_dev: &Device<Self>, _bar: u32, _offset: u64) {
+    fn bar_mmap_write(_dev: &Device<Self>, _bar: u32, _offset: u64, _len: u64) {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 

@@ -24,9 +24,10 @@
 //! - `MEM` (0x100): a little-endian 64-bit offset into BAR2, then up to 1 MiB of its bytes;
 //! - `REGS` (0x101): `INTRMASK`, `INTRSTATUS` (little-endian 32-bit each).
 //!
-//! While a saving session is open, every user write to BAR2 is tracked per 4 KiB page: through
+//! While a saving session is open, every user write to BAR2 is tracked per 4 KiB unit: through
 //! `mmap()` (pages are mapped write-notifying, the first write to a page after it was sent
-//! faults and marks it) and through the region `write()` path. PRE_COPY streams the initial
+//! faults and marks all the units of the CPU page) and through the region `write()` path; a
+//! page that goes from sent to written wakes the saving file's pollers. PRE_COPY streams the initial
 //! image of BAR2 in 1 MiB records, then the pages written since they were sent, one page per
 //! record; STOP_COPY streams what is left, then `REGS`. `dirty_bytes` is exact: the marked pages
 //! times the size of their records. `VFIO_DEVICE_IOEVENTFD` is refused with `EOPNOTSUPP`: the
@@ -36,8 +37,16 @@
 //! of BAR2 again.
 //!
 //! ivshmem-plain does no DMA and has no peer-to-peer activity, so the P2P and STOP arcs have
-//! nothing to quiesce: once the user stops writing (the VMM stops its vCPUs), the state is
-//! frozen.
+//! nothing to quiesce. The state is frozen once the user stops writing (the VMM stops its
+//! vCPUs) only under two conditions this driver cannot enforce, which a VMM must meet:
+//!
+//! - no other writer shares the memory backend (ivshmem peers, another process mapping the same
+//!   file): their writes neither stop nor are tracked;
+//! - no device writes into BAR2 by peer-to-peer DMA through the IOMMU mapping of the BAR that
+//!   QEMU creates: such writes bypass the CPU mappings and are not tracked.
+//!
+//! The state is saved and restored whatever the user set in the command register (QEMU
+//! restores config space after the device data), see `kernel::vfio::pci`'s migration docs.
 
 use kernel::{
     device::Core,
@@ -337,8 +346,19 @@ impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
         }
     }
 
-    fn stop_copy_size(dev: &Device<Self, Open>) -> Result<u64> {
-        Ok(mem_records_size(dev.data().shmem_size) + record_size(REGS_LEN) as u64)
+    fn stop_copy_size(dev: &Device<Self, Open>, save: Option<&Save>) -> Result<u64> {
+        let regs = record_size(REGS_LEN) as u64;
+        let Some(save) = save else {
+            return Ok(mem_records_size(dev.data().shmem_size) + regs);
+        };
+        let p = Self::save_pending(dev, save);
+        // Without tracking, STOP_COPY sends again what was sent while the device ran.
+        let resend = if save.tracking {
+            0
+        } else {
+            mem_records_size(save.pre_running.saturating_sub(save.stop))
+        };
+        Ok(p.initial + p.dirty + resend + if save.regs { 0 } else { regs })
     }
 
     fn resume_begin(_dev: &Device<Self, Open>) -> Result<Resume> {
@@ -423,8 +443,9 @@ impl vfio::pci::Driver for IvshmemVfioPci {
         let start = *pos;
         let n = dev.core_write(buf, count, pos)?;
         // Marked after the write landed: a page sent in between is simply sent again.
-        if region_index(start) == SHMEM_BAR {
-            dev.data().dirty.mark(region_offset(start), n as u64);
+        if region_index(start) == SHMEM_BAR && dev.data().dirty.mark(region_offset(start), n as u64)
+        {
+            dev.migration_data_ready();
         }
         Ok(n)
     }
@@ -438,9 +459,11 @@ impl vfio::pci::Driver for IvshmemVfioPci {
         Ok(())
     }
 
-    fn bar_mmap_write(dev: &Device<Self>, bar: u32, offset: u64) {
-        if bar == SHMEM_BAR {
-            dev.data().dirty.mark(offset, PAGE);
+    fn bar_mmap_write(dev: &Device<Self>, bar: u32, offset: u64, len: u64) {
+        // `len` is the CPU's page, which may hold several tracking units: all are marked.
+        if bar == SHMEM_BAR && dev.data().dirty.mark(offset, len) {
+            // A page went from sent to written: PRE_COPY has data again.
+            dev.migration_data_ready();
         }
     }
 

@@ -44,8 +44,10 @@
 //!   lock (whose holder may wait for `memory_lock`): it records a deferred reset and only
 //!   try-locks; whoever holds the migration lock performs the reset when releasing it
 //!   ([`MigGuard`]), the pattern of the C drivers' `*_state_mutex_unlock()`.
-//! - The driver's record callbacks run with `memory_lock` held for reading and the device's
-//!   memory decoding enabled (else they fail with `EIO`, like region accesses do).
+//! - The driver's record callbacks and the BAR copies run with the device's memory decoding
+//!   enabled, whatever the user set in the command register, and `memory_lock` held: for reading
+//!   when the user enabled decoding, else for writing while decoding is enabled temporarily
+//!   (see `Device::with_memory`). A device in a low-power state fails them with `EIO`.
 
 use super::{
     BarIo,
@@ -206,7 +208,8 @@ impl RecordSink<'_> {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result,
     ) -> Result {
-        if ty < migration::RECORD_DRIVER_BASE {
+        // A BAR record type here would be parsed as one by the reader: `push_bar` only.
+        if ty < migration::RECORD_DRIVER_BASE || self.bar_records.iter().any(|r| r.ty == ty) {
             return Err(EINVAL);
         }
         let flags = if optional {
@@ -272,8 +275,8 @@ impl RecordSink<'_> {
 /// state machine are done by the abstraction. Drivers without migration use [`NoMigration`].
 ///
 /// All methods are called with the device's migration lock held, on an open device; the record
-/// methods additionally with the device's memory decoding enabled and `memory_lock` held for
-/// reading.
+/// methods additionally with the device's memory decoding enabled (temporarily, if the user
+/// disabled it) and `memory_lock` held.
 ///
 /// [`Documentation/driver-api/vfio-rust-migration-stream.rst`]:
 ///     srctree/Documentation/driver-api/vfio-rust-migration-stream.rst
@@ -332,9 +335,14 @@ pub trait MigrationOps<T: Driver>: 'static {
     /// besides the final records that only STOP_COPY produces.
     fn save_pending(dev: &Device<T, Open>, save: &Self::Save) -> Pending;
 
-    /// Returns the bytes of driver records a saving session started in STOP_COPY would produce
+    /// Returns the bytes of driver records that STOP_COPY would still produce
     /// (`VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`, without the stream's HEADER and END).
-    fn stop_copy_size(dev: &Device<T, Open>) -> Result<u64>;
+    ///
+    /// For `None`, those of a new session started in STOP_COPY; for an open session, what it
+    /// has not produced yet and would produce if STOP_COPY started now (in
+    /// [`SavePhase::PreCopy`], [`MigrationOps::save_pending`]'s `initial + dirty` plus the
+    /// records that only STOP_COPY produces).
+    fn stop_copy_size(dev: &Device<T, Open>, save: Option<&Self::Save>) -> Result<u64>;
 
     /// Starts a resuming session.
     fn resume_begin(dev: &Device<T, Open>) -> Result<Self::Resume>;
@@ -381,7 +389,7 @@ impl<T: Driver> MigrationOps<T> for NoMigration {
         Pending::default()
     }
 
-    fn stop_copy_size(_dev: &Device<T, Open>) -> Result<u64> {
+    fn stop_copy_size(_dev: &Device<T, Open>, _save: Option<&()>) -> Result<u64> {
         Err(ENOTTY)
     }
 
@@ -438,6 +446,12 @@ pub(super) struct MigCtl<T: Driver> {
     /// A reset happened while the migration lock was held by someone else.
     #[pin]
     deferred_reset: SpinLock<bool>,
+    /// Where `poll()` on the saving file waits: the device's, so that a driver can wake it from
+    /// any context without the migration lock ([`Device::migration_data_ready`]), and so that
+    /// disabling a file never frees a wait queue (and waits for an RCU grace period) under
+    /// `memory_lock`.
+    #[pin]
+    wait: PollCondVar,
 }
 
 impl<T: Driver> MigCtl<T> {
@@ -450,6 +464,7 @@ impl<T: Driver> MigCtl<T> {
                 resume: None,
             }),
             deferred_reset <- new_spinlock!(false),
+            wait <- new_poll_condvar!(),
         })
     }
 }
@@ -516,7 +531,7 @@ fn reset_locked<T: Driver>(inner: &mut MigInner<T>) {
 /// Disables the data files: they answer `ENODEV` from now on.
 fn disable_files<T: Driver>(inner: &mut MigInner<T>) {
     if let Some(s) = inner.save.take() {
-        s.file.wait.notify_all();
+        s.file.dev.mig.wait.notify_all();
     }
     inner.resume = None;
 }
@@ -541,9 +556,9 @@ impl<T: Driver> Device<T> {
         unsafe { &*ptr }
     }
 
-    /// Runs `f` on BAR `bar` with the migration lock and `memory_lock` held, if `active` says
-    /// (under the migration lock) that the calling data file is active, and the device's memory
-    /// decoding is enabled; fails with `ENODEV` or `EIO` otherwise.
+    /// Runs `f` on BAR `bar` with the migration lock and `memory_lock` held and memory decoding
+    /// enabled, if `active` says (under the migration lock) that the calling data file is
+    /// active; fails with `ENODEV` otherwise, `EIO` for a device in a low-power state.
     fn with_active_bar<R>(
         &self,
         active: impl FnOnce(&mut MigInner<T>) -> bool,
@@ -559,6 +574,16 @@ impl<T: Driver> Device<T> {
         dev.with_memory(|| f(&dev.bar(bar)?))
     }
 
+    /// Tells the saving file's pollers that new data may be ready, e.g. because state changed
+    /// after it was sent in PRE_COPY.
+    ///
+    /// Lock-free but for the wait queue's spinlock: callable from the page-fault path and from
+    /// any context that may take a spinlock, with or without the migration lock. `poll()`
+    /// re-evaluates [`MigrationOps::save_pending`], so a spurious call only costs a wake-up.
+    pub fn migration_data_ready(&self) {
+        self.mig.wait.notify_all();
+    }
+
     /// Handles a reset of the device (`reset_done`).
     pub(super) fn mig_reset_done(&self) {
         *self.mig.deferred_reset.lock() = true;
@@ -570,24 +595,82 @@ impl<T: Driver> Device<T> {
 }
 
 impl<T: Driver> Device<T, Open> {
-    /// Runs `f` with `memory_lock` held for reading, if the device's memory decoding is enabled;
-    /// fails with `EIO` otherwise.
+    /// Runs `f` with `memory_lock` held and the device's memory decoding enabled.
+    ///
+    /// The device's state must be savable and restorable whatever the user did to its command
+    /// register: QEMU restores the config space of a resuming device only after its data, and a
+    /// guest may clear memory decoding while it is being saved. When the user enabled decoding,
+    /// `f` runs with `memory_lock` held for reading, as the user's own BAR accesses do.
+    /// Otherwise `memory_lock` is taken for writing, which excludes every user access to the
+    /// BARs (there is no BAR mapping while decoding is off: clearing it zapped them), decoding
+    /// is enabled in the device for the duration of `f` and the user's value is put back, as
+    /// `vfio_pci_memory_lock_and_enable()` does for the core's own accesses. Fails with `EIO`
+    /// only when the device is in a low-power state (D3hot or runtime-suspended by the user).
     fn with_memory<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
         let core = self.as_core_raw();
-
-        // SAFETY: `core` is a live, enabled core device; `memory_lock` is initialised by
-        // `vfio_pci_core_init_dev()`.
-        unsafe { bindings::down_read(&raw mut (*core).memory_lock) };
-
-        // SAFETY: `memory_lock` is held, as `__vfio_pci_memory_enabled()` requires.
-        let ret = if unsafe { bindings::__vfio_pci_memory_enabled(core) } {
-            f()
-        } else {
-            Err(EIO)
+        let lock = || {
+            // SAFETY: `core` is a live, enabled core device; `memory_lock` is initialised by
+            // `vfio_pci_core_init_dev()`.
+            unsafe { &raw mut (*core).memory_lock }
         };
 
+        // SAFETY: See `lock`.
+        unsafe { bindings::down_read(lock()) };
+        // SAFETY: `memory_lock` is held, as `__vfio_pci_memory_enabled()` requires.
+        if unsafe { bindings::__vfio_pci_memory_enabled(core) } {
+            let ret = f();
+            // SAFETY: Taken above.
+            unsafe { bindings::up_read(lock()) };
+            return ret;
+        }
         // SAFETY: Taken above.
-        unsafe { bindings::up_read(&raw mut (*core).memory_lock) };
+        unsafe { bindings::up_read(lock()) };
+
+        // SAFETY: See `lock`.
+        unsafe { bindings::down_write(lock()) };
+        let ret = self.with_decoding(f);
+        // SAFETY: Taken above.
+        unsafe { bindings::up_write(lock()) };
+        ret
+    }
+
+    /// Runs `f` with memory decoding enabled in the device's command register, then restores
+    /// the register. `memory_lock` must be held for writing.
+    fn with_decoding<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        /// `PCI_D3hot` of `include/linux/pci.h`.
+        const PCI_D3HOT: bindings::pci_power_t = 3;
+        /// `PCI_COMMAND` and `PCI_COMMAND_MEMORY` of `include/uapi/linux/pci_regs.h`.
+        // CAST: Both fit: 4 and 2.
+        const COMMAND: i32 = bindings::PCI_COMMAND as i32;
+        const MEMORY: u16 = bindings::PCI_COMMAND_MEMORY as u16;
+
+        let core = self.as_core_raw();
+        // SAFETY: `core` is a live, enabled core device, whose `pdev` is its PCI device;
+        // `memory_lock` is held for writing, which the core also holds to change the power
+        // state and `pm_runtime_engaged`.
+        let (pdev, asleep) = unsafe {
+            let pdev = (*core).pdev;
+            (
+                pdev,
+                (*core).pm_runtime_engaged || (*pdev).current_state >= PCI_D3HOT,
+            )
+        };
+        if asleep {
+            return Err(EIO);
+        }
+        let mut cmd = 0u16;
+        // SAFETY: `pdev` is a live PCI device, `cmd` a valid `u16`.
+        to_result(unsafe { bindings::pci_read_config_word(pdev, COMMAND, &mut cmd) })?;
+        if cmd & MEMORY == 0 {
+            // SAFETY: `pdev` is a live PCI device.
+            to_result(unsafe { bindings::pci_write_config_word(pdev, COMMAND, cmd | MEMORY) })?;
+        }
+        let ret = f();
+        if cmd & MEMORY == 0 {
+            // Nothing to do on failure: the next user config write sets the register anyway.
+            // SAFETY: `pdev` is a live PCI device.
+            let _ = unsafe { bindings::pci_write_config_word(pdev, COMMAND, cmd) };
+        }
         ret
     }
 
@@ -645,14 +728,13 @@ impl<T: Driver> Device<T, Open> {
                 Ops::<T>::set_stopped(self, true)?;
                 if let Some(s) = g.save.as_mut() {
                     s.phase = SavePhase::StopCopy;
-                    s.file.wait.notify_all();
+                    self.mig.wait.notify_all();
                 }
                 Ok(None)
             }
             MigArc::SaveClose => {
-                if let Some(s) = g.save.take() {
-                    s.file.wait.notify_all();
-                }
+                g.save = None;
+                self.mig.wait.notify_all();
                 Ok(None)
             }
             MigArc::ResumeOpen => {
@@ -686,7 +768,12 @@ impl<T: Driver> Device<T, Open> {
                 }
                 let state = s.state.take().ok_or(EINVAL)?;
                 g.resume = None;
-                self.with_memory(|| Ops::<T>::resume_finish(self, state))?;
+                if let Err(e) = self.with_memory(|| Ops::<T>::resume_finish(self, state)) {
+                    // A complete stream the driver rejects leaves the device partly restored,
+                    // with no session to retry: ERROR, until a reset.
+                    g.state = MigState::Error;
+                    return Err(e);
+                }
                 Ok(None)
             }
         }
@@ -744,13 +831,38 @@ impl<T: Driver> Device<T, Open> {
         self.mig_lock().state
     }
 
-    /// `migration_get_data_size`: the bytes a saving session started now in STOP_COPY would
-    /// stream.
+    /// `migration_get_data_size`: "the estimated data length that will be required to complete
+    /// stop copy".
+    ///
+    /// Inside a saving session, what STOP_COPY would still stream from it: the bytes produced
+    /// and not read yet, what the driver has not produced yet and the records that only
+    /// STOP_COPY produces; in PRE_COPY, that is `initial_bytes + dirty_bytes` plus those final
+    /// records. QEMU switches over when this fits in its downtime, so it must shrink as
+    /// pre-copy proceeds. Without a saving session, the size of a whole new STOP_COPY stream.
     pub(super) fn mig_data_size(&self) -> Result<u64> {
-        let _g = self.mig_lock();
+        // The file's I/O lock comes before the migration lock: find the saving file first.
+        let file = self.mig_lock().save.as_ref().map(|s| s.file.clone());
+        let io = file.as_ref().map(|f| f.io.lock());
+        let g = self.mig_lock();
+        if let (Some(s), Some(io)) = (g.save.as_ref(), io.as_ref()) {
+            if file.as_ref().is_some_and(|f| ptr::eq(&**f, &*s.file)) {
+                let header = s
+                    .header
+                    .as_ref()
+                    .map_or(0, |id| migration::header_record_size(id.len()));
+                let end = if s.writer.ended() {
+                    0
+                } else {
+                    migration::END_RECORD_SIZE
+                };
+                let driver = Ops::<T>::stop_copy_size(self, Some(&s.state))?;
+                // CAST: `usize` fits in `u64`.
+                return Ok((io.unread + header + end) as u64 + driver);
+            }
+        }
         let mut id = KVec::new();
         Ops::<T>::identity(self, &mut id)?;
-        let driver = Ops::<T>::stop_copy_size(self)?;
+        let driver = Ops::<T>::stop_copy_size(self, None)?;
         Ok(migration::header_record_size(id.len()) as u64
             + driver
             + migration::END_RECORD_SIZE as u64)
@@ -814,8 +926,6 @@ struct SaveFile<T: Driver> {
     dev: ARef<Device<T>>,
     #[pin]
     io: Mutex<SaveIo>,
-    #[pin]
-    wait: PollCondVar,
 }
 
 impl<T: Driver> SaveFile<T> {
@@ -834,7 +944,6 @@ impl<T: Driver> SaveFile<T> {
                 initial: 0,
                 bounce: KVVec::new(),
             }),
-            wait <- new_poll_condvar!(),
         })
     }
 
@@ -893,8 +1002,8 @@ impl<T: Driver> SaveFile<T> {
         Ok(true)
     }
 
-    /// Runs `f` on BAR `bar`, with the migration lock and `memory_lock` held, if this file is
-    /// active and the device's memory decoding is enabled.
+    /// Runs `f` on BAR `bar`, with the migration lock and `memory_lock` held and memory
+    /// decoding enabled, if this file is active.
     fn with_bar<R>(&self, bar: u32, f: impl FnOnce(&BarIo<'_>) -> Result<R>) -> Result<R> {
         self.dev
             .with_active_bar(|g| self.session(g).is_some(), bar, f)
@@ -976,9 +1085,12 @@ impl<T: Driver> SaveFile<T> {
         let initial = p.initial + (io.initial + header) as u64;
         // CAST: `usize` fits in `u64`; `io.initial <= unread` (the initial bytes are unread ones).
         let dirty = p.dirty + (unread - io.initial) as u64;
-        // SAFETY: The device is alive; `precopy_info_v2` is only written by the VFIO core under
-        // the device set lock at open and by the feature ioctl, a byte read is fine.
-        let v2 = unsafe { (*self.dev.as_vdev_raw()).precopy_info_v2 } != 0;
+        // SAFETY: The device is alive. The VFIO core writes `precopy_info_v2` (a byte) from the
+        // feature ioctl without a lock this file shares, so it is read once, volatile, as C's
+        // `READ_ONCE()`.
+        let v2 =
+            unsafe { ptr::read_volatile(&raw const (*self.dev.as_vdev_raw()).precopy_info_v2) }
+                != 0;
         drop(g);
         drop(io);
 
@@ -999,6 +1111,14 @@ impl<T: Driver> AnonFile for SaveFile<T> {
 
     fn read(this: ArcBorrow<'_, Self>, _file: &File, out: &mut UserBuffer) -> Result<usize> {
         let mut io = this.io.lock();
+        {
+            // A disabled file hands out nothing, not even bytes it buffered while active.
+            let mut g = this.dev.mig_lock();
+            if this.session(&mut g).is_none() {
+                io.clear();
+                return Err(ENODEV);
+            }
+        }
         let want = out.len();
         // Fill the buffer with as many records as are ready; an error after some bytes were
         // read ends the read short, the next one reports it.
@@ -1030,17 +1150,14 @@ impl<T: Driver> AnonFile for SaveFile<T> {
     }
 
     fn poll(this: ArcBorrow<'_, Self>, file: &File, table: PollTable<'_>) -> Result<u32> {
-        table.register_wait(file, &this.wait);
+        table.register_wait(file, &this.dev.mig.wait);
         let readable = poll_mask::EPOLLIN | poll_mask::EPOLLRDNORM;
         let io = this.io.lock();
-        if io.unread > 0 {
-            return Ok(readable);
-        }
         let mut g = this.dev.mig_lock();
         let Some(s) = this.session(&mut g) else {
             return Ok(poll_mask::EPOLLERR);
         };
-        if s.phase == SavePhase::StopCopy || s.header.is_some() {
+        if io.unread > 0 || s.phase == SavePhase::StopCopy || s.header.is_some() {
             return Ok(readable);
         }
         // SAFETY: The file is active and the migration lock is held, so the device is open.
@@ -1107,8 +1224,8 @@ impl<T: Driver> ResumeFile<T> {
         })
     }
 
-    /// Runs `f` on BAR `bar`, with the migration lock and `memory_lock` held, if this file is
-    /// active and the device's memory decoding is enabled.
+    /// Runs `f` on BAR `bar`, with the migration lock and `memory_lock` held and memory
+    /// decoding enabled, if this file is active.
     fn with_bar<R>(&self, bar: u32, f: impl FnOnce(&BarIo<'_>) -> Result<R>) -> Result<R> {
         self.dev
             .with_active_bar(|g| self.session(g).is_some(), bar, f)
