@@ -19,6 +19,7 @@ use crate::{
         Relaxed,
         Release, //
     },
+    sync::barrier::smp_mb,
 };
 
 /// The tracking unit (a *page* of the set), in bytes.
@@ -80,11 +81,15 @@ impl DirtyPages {
     }
 
     /// Starts (`true`) or stops recording writes. Starting clears the set.
+    ///
+    /// Fully ordered: what the caller does next (mark the pages to send, unmap them) is ordered
+    /// after it, against a fault path that maps a page and then checks [`DirtyPages::is_active`].
     pub fn set_active(&self, active: bool) {
         if active {
             self.clear();
         }
         self.active.store(active, Release);
+        smp_mb(Full);
     }
 
     /// Unmarks every page.

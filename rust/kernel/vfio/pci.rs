@@ -141,6 +141,7 @@ use crate::{
         Full,
         Release, //
     },
+    sync::barrier::smp_mb,
     types::Opaque,
     vfio::{
         migration::MigState,
@@ -535,14 +536,19 @@ impl<T: Driver> Device<T, Open> {
     }
 }
 
-/// The `vm_operations_struct` of write-notifying BAR mappings, see [`Driver::bar_mmap_write`].
+/// The `vm_operations_struct` of the mappings of tracked BARs, see [`Driver::bar_mmap_write`].
+///
+/// No present page of such a mapping is ever read-only (in-kernel walkers of PFN mappings, like
+/// the type1 IOMMU driver mapping a BAR for peer-to-peer DMA, or KVM, would not upgrade it):
+/// while the driver does not track the BAR ([`Driver::bar_tracked`]), every fault goes to
+/// `vfio-pci-core` (huge mappings included); while it does, faults map single pages writable
+/// and notify the driver, and the driver re-arms a page by unmapping it ([`Device::zap_bar`]).
 struct TrackOps<T: Driver>(PhantomData<T>);
 
 impl<T: Driver> TrackOps<T> {
     const VM_OPS: bindings::vm_operations_struct = bindings::vm_operations_struct {
         fault: Some(Self::fault),
         huge_fault: Some(Self::huge_fault),
-        pfn_mkwrite: Some(Self::pfn_mkwrite),
         ..pin_init::zeroed()
     };
 
@@ -569,8 +575,34 @@ impl<T: Driver> TrackOps<T> {
         (dev, unsafe { &*ops })
     }
 
-    /// `fault`: write faults map the page writable after notifying, other faults go to
-    /// `vfio-pci-core`.
+    /// Returns the BAR and the page index in it of a fault.
+    ///
+    /// # Safety
+    ///
+    /// `vmf` must be a valid fault.
+    unsafe fn bar_page(vmf: *mut bindings::vm_fault) -> (u32, u64) {
+        // SAFETY: `vmf` is valid for the duration of the call.
+        let pgoff = unsafe { (*vmf).__bindgen_anon_1.pgoff } as u64;
+        let shift = bindings::VFIO_PCI_OFFSET_SHIFT - bindings::PAGE_SHIFT;
+        // CAST: The region index is below 2^24.
+        ((pgoff >> shift) as u32, pgoff & ((1 << shift) - 1))
+    }
+
+    /// After `vfio-pci-core` mapped `len` bytes at `offset` of `bar` because the BAR was not
+    /// tracked: if tracking started meanwhile, notify the driver as for a tracked fault.
+    ///
+    /// A session that starts marks the pages to send and unmaps each one before it is sent; a
+    /// page mapped by a fault that had seen no tracking may land after that, writable and
+    /// unmarked. Checking again after the mapping exists (with a full barrier, against the
+    /// driver's start of tracking, then unmapping) notifies in that case.
+    fn recheck(dev: &Device<T>, bar: u32, offset: u64, len: u64) {
+        smp_mb(Full);
+        if T::bar_tracked(dev, bar) {
+            T::bar_mmap_write(dev, bar, offset, len);
+        }
+    }
+
+    /// `fault`: a tracked BAR maps the page writable and notifies; otherwise `vfio-pci-core`.
     ///
     /// # Safety
     ///
@@ -578,19 +610,29 @@ impl<T: Driver> TrackOps<T> {
     unsafe extern "C" fn fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
         // SAFETY: Called by the mm core for a fault on a mapping with these operations.
         let (dev, core) = unsafe { Self::device(vmf) };
-        // SAFETY: `vmf` is valid for the duration of the call.
-        if unsafe { (*vmf).flags } & bindings::fault_flag_FAULT_FLAG_WRITE != 0 {
-            // SAFETY: As above; a write fault on a page that is not mapped.
-            return unsafe { Self::write_fault(dev, vmf) };
+        // SAFETY: As above.
+        let (bar, page) = unsafe { Self::bar_page(vmf) };
+        if T::bar_tracked(dev, bar) {
+            // SAFETY: As above; a fault on a page that is not mapped.
+            return unsafe { Self::tracked_fault(dev, vmf) };
         }
-        match core.fault {
+        let ret = match core.fault {
             // SAFETY: Delegating the same fault to the operations of the mapping's creator.
             Some(f) => unsafe { f(vmf) },
             None => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
+        };
+        if ret == bindings::vm_fault_reason_VM_FAULT_NOPAGE {
+            Self::recheck(
+                dev,
+                bar,
+                page << bindings::PAGE_SHIFT,
+                1 << bindings::PAGE_SHIFT,
+            );
         }
+        ret
     }
 
-    /// `huge_fault`: reads go to `vfio-pci-core`, writes fall back to pages.
+    /// `huge_fault`: a tracked BAR falls back to pages; otherwise `vfio-pci-core`.
     ///
     /// # Safety
     ///
@@ -600,30 +642,34 @@ impl<T: Driver> TrackOps<T> {
         order: c_uint,
     ) -> bindings::vm_fault_t {
         // SAFETY: Called by the mm core for a fault on a mapping with these operations.
-        let (_, core) = unsafe { Self::device(vmf) };
-        // SAFETY: `vmf` is valid for the duration of the call.
-        let write = unsafe { (*vmf).flags } & bindings::fault_flag_FAULT_FLAG_WRITE != 0;
-        match core.huge_fault {
-            // Writes go through pages, which notify on the first write; huge mappings would not.
-            _ if order > 0 && write => bindings::vm_fault_reason_VM_FAULT_FALLBACK,
+        let (dev, core) = unsafe { Self::device(vmf) };
+        // SAFETY: As above.
+        let (bar, page) = unsafe { Self::bar_page(vmf) };
+        if order > 0 && T::bar_tracked(dev, bar) {
+            // Pages notify one by one; a huge mapping would not.
+            return bindings::vm_fault_reason_VM_FAULT_FALLBACK;
+        }
+        let ret = match core.huge_fault {
             // SAFETY: Delegating the same fault to the operations of the mapping's creator.
             Some(f) => unsafe { f(vmf, order) },
             None => bindings::vm_fault_reason_VM_FAULT_FALLBACK,
+        };
+        if ret == bindings::vm_fault_reason_VM_FAULT_NOPAGE {
+            let len = 1u64 << (bindings::PAGE_SHIFT + order);
+            Self::recheck(dev, bar, (page << bindings::PAGE_SHIFT) & !(len - 1), len);
         }
+        ret
     }
 
-    /// A write to a page that is not mapped: notify, then map it writable.
+    /// A fault on a page of a tracked BAR that is not mapped: map it writable, then notify.
     ///
-    /// `vfio-pci-core`'s handler would map it read-only (the mapping's protection is
-    /// write-protected) and leave the write to a second, write-protect fault; callers that fault
-    /// pages in for writing without touching them, like the type1 IOMMU driver pinning a BAR for
-    /// peer-to-peer DMA, would then find it read-only. This does what that handler does, with the
-    /// mapping's writable protection.
+    /// This does what `vfio-pci-core`'s handler does for one page. Read faults notify too: the
+    /// page is writable from now on, there is no later fault that would tell a write.
     ///
     /// # Safety
     ///
-    /// `vmf` must be a write fault on a mapping of `dev` with these operations.
-    unsafe fn write_fault(dev: &Device<T>, vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    /// `vmf` must be a fault on a mapping of `dev` with these operations.
+    unsafe fn tracked_fault(dev: &Device<T>, vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
         let sigbus = bindings::vm_fault_reason_VM_FAULT_SIGBUS;
         // SAFETY: `vmf` is valid for the duration of the call.
         let (vma, pgoff, address) = unsafe {
@@ -678,25 +724,6 @@ impl<T: Driver> TrackOps<T> {
             );
         }
         ret
-    }
-
-    /// `pfn_mkwrite`: the first write to a write-protected page; notifies the driver.
-    ///
-    /// # Safety
-    ///
-    /// `vmf` must be a write-protect fault on a mapping set up by [`Ops::mmap`] with these
-    /// operations.
-    unsafe extern "C" fn pfn_mkwrite(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
-        // SAFETY: Called by the mm core for a write fault on a mapping with these operations.
-        let (dev, _) = unsafe { Self::device(vmf) };
-        // SAFETY: `vmf` is valid for the duration of the call.
-        let pgoff = unsafe { (*vmf).__bindgen_anon_1.pgoff } as u64;
-        let shift = bindings::VFIO_PCI_OFFSET_SHIFT - bindings::PAGE_SHIFT;
-        // CAST: The region index is below 2^24.
-        let bar = (pgoff >> shift) as u32;
-        let offset = (pgoff & ((1 << shift) - 1)) << bindings::PAGE_SHIFT;
-        T::bar_mmap_write(dev, bar, offset, 1 << bindings::PAGE_SHIFT);
-        0
     }
 }
 
@@ -1004,15 +1031,33 @@ pub trait Driver: Sized + 'static {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Called when userspace is about to write to the `len` bytes at `offset` of BAR `bar` (the
-    /// page that faulted, `PAGE_SIZE` bytes, whatever the driver's tracking unit) through an
-    /// `mmap()` of the device. Optional.
+    /// The BARs (bit `n` for BAR `n`) whose `mmap()` mappings [`Driver::bar_mmap_write`]
+    /// tracks. Mappings of other BARs are `vfio-pci-core`'s, untouched.
+    const MMAP_TRACKED_BARS: u8 = 0;
+
+    /// Whether the driver tracks the user's writes to BAR `bar` now (e.g. while a saving session
+    /// is open); only asked for [`Driver::MMAP_TRACKED_BARS`]. Default: never.
     ///
-    /// Implementing it makes BAR mappings write-notifying: pages are mapped read-only and the
-    /// first write to each page faults and calls this hook before the write lands; huge
-    /// mappings are only used for reads. [`Device::zap_bar`] re-arms the notification for a
-    /// range. It runs in the page-fault path with the `mmap` lock held: it must not sleep on
-    /// anything a fault or the migration lock may hold (record the write lock-free, e.g. with
+    /// It runs in the page-fault path, like [`Driver::bar_mmap_write`]: lock-free. Starting to
+    /// track must be ordered (a full barrier, such as a fully ordered atomic operation) before
+    /// the driver marks the pages to send and unmaps them ([`Device::zap_bar`]).
+    fn bar_tracked(_dev: &Device<Self>, _bar: u32) -> bool {
+        false
+    }
+
+    /// Called when userspace may write to the `len` bytes at `offset` of BAR `bar` through an
+    /// `mmap()` of the device from now on (the page that faulted, `PAGE_SIZE` bytes or a huge
+    /// page, whatever the driver's tracking unit). Optional.
+    ///
+    /// While [`Driver::bar_tracked`] says so, the mappings of [`Driver::MMAP_TRACKED_BARS`] are
+    /// made of single pages, mapped writable on the first access, read or write, which calls
+    /// this hook once the page is mapped and before the access is done: the page counts as
+    /// written. [`Device::zap_bar`] re-arms a range: its next access faults and calls this hook
+    /// again. No page is ever mapped read-only (in-kernel users of the mapping, like the IOMMU
+    /// driver for peer-to-peer DMA or KVM, would not upgrade it), and while the BAR is not
+    /// tracked, faults go to `vfio-pci-core` and may map huge pages. It runs in the page-fault
+    /// path with the `mmap` lock held: it must not sleep on anything a fault or the migration
+    /// lock may hold (record the write lock-free, e.g. with
     /// [`DirtyPages`](crate::vfio::dirty::DirtyPages)).
     fn bar_mmap_write(_dev: &Device<Self>, _bar: u32, _offset: u64, _len: u64) {
         build_error!(VTABLE_DEFAULT_ERROR)
@@ -1466,16 +1511,19 @@ impl<T: Driver> Ops<T> {
         if let Err(e) = ret {
             return e.to_errno();
         }
-        if T::HAS_BAR_MMAP_WRITE {
-            // SAFETY: The mapping is being set up by this call, nothing else looks at it yet.
+        // SAFETY: The mapping is being set up by this call, nothing else looks at it yet.
+        let index =
+            unsafe { (*vma).vm_pgoff } >> (bindings::VFIO_PCI_OFFSET_SHIFT - bindings::PAGE_SHIFT);
+        if T::HAS_BAR_MMAP_WRITE && index < 6 && T::MMAP_TRACKED_BARS & (1 << index) != 0 {
+            // SAFETY: As above.
             let core_ops = unsafe { (*vma).vm_ops };
             if core_ops.is_null() {
                 return EINVAL.to_errno();
             }
             // Every mapping of the device gets the same table from `vfio-pci-core`.
             this.core_vm_ops.store(core_ops as usize, Release);
-            // With `pfn_mkwrite` set, the mm core write-protects the mapping's pages
-            // (`vma_set_page_prot()` after `mmap` returns).
+            // No `pfn_mkwrite` or `page_mkwrite`: the mm core leaves the mapping's protection
+            // writable (`vma_set_page_prot()` after `mmap` returns).
             //
             // SAFETY: As above.
             unsafe { (*vma).vm_ops = TrackOps::<T>::VM_OPS_REF };

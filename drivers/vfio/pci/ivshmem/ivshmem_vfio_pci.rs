@@ -25,8 +25,9 @@
 //! - `REGS` (0x101): `INTRMASK`, `INTRSTATUS` (little-endian 32-bit each).
 //!
 //! While a saving session is open, every user write to BAR2 is tracked per 4 KiB unit: through
-//! `mmap()` (pages are mapped write-notifying, the first write to a page after it was sent
-//! faults and marks all the units of the CPU page) and through the region `write()` path; a
+//! `mmap()` (during a session a page sent is unmapped, and its next access, read or write,
+//! faults, maps it writable and marks all the units of the CPU page; outside a session the
+//! mappings are vfio-pci-core's, huge pages included) and through the region `write()` path; a
 //! page that goes from sent to written wakes the saving file's pollers. PRE_COPY streams the initial
 //! image of BAR2 in 1 MiB records, then the pages written since they were sent, one page per
 //! record; STOP_COPY streams what is left, then `REGS`. `dirty_bytes` is exact: the marked pages
@@ -197,8 +198,9 @@ fn mem_records_size(bytes: u64) -> u64 {
 /// Appends the `MEM` record of `len` bytes of BAR2 at `off`.
 ///
 /// The bytes are copied later, when the data file is read. With tracking, the pages are unmarked
-/// and their user mappings write-protected again first, so that a write that lands after this
-/// marks them again and a write the copy may have missed is sent again.
+/// and unmapped from the user's mappings first, so that a write that lands after this
+/// marks them again and a write the copy may have missed is sent again. If the record cannot be
+/// queued, the pages are marked again: they are still to be sent.
 fn push_mem(
     dev: &Device<IvshmemVfioPci, Open>,
     save: &Save,
@@ -206,12 +208,21 @@ fn push_mem(
     len: usize,
     out: &mut RecordSink<'_>,
 ) -> Result {
-    if save.tracking {
-        save.dirty
-            .take(usize::try_from(off / PAGE)?, len.div_ceil(PAGE as usize));
-        dev.zap_bar(SHMEM_BAR, off, len as u64)?;
+    let push = |out: &mut RecordSink<'_>| {
+        out.push_bar(REC_MEM, &dev.bar(SHMEM_BAR)?, usize::try_from(off)?, len)
+    };
+    if !save.tracking {
+        return push(out);
     }
-    out.push_bar(REC_MEM, &dev.bar(SHMEM_BAR)?, usize::try_from(off)?, len)
+    save.dirty
+        .take(usize::try_from(off / PAGE)?, len.div_ceil(PAGE as usize));
+    let ret = dev
+        .zap_bar(SHMEM_BAR, off, len as u64)
+        .and_then(|()| push(out));
+    if ret.is_err() {
+        save.dirty.mark(off, len as u64);
+    }
+    ret
 }
 
 /// Appends records of pages written since they were sent; returns `false` if there were none.
@@ -267,8 +278,9 @@ impl MigrationOps<IvshmemVfioPci> for IvshmemVfioPci {
         let dirty = dev.data().dirty.clone();
         let tracking = module_parameters::track_writes.value();
         if tracking {
-            // Every page starts out to be sent (the initial image); mappings made writable
-            // before are write-protected again.
+            // Every page starts out to be sent (the initial image); mappings made before
+            // (huge ones included) are unmapped, so that every access faults through the
+            // tracking.
             dirty.set_active(true);
             dirty.mark(0, size);
             dev.zap_bar(SHMEM_BAR, 0, size)?;
@@ -457,6 +469,13 @@ impl vfio::pci::Driver for IvshmemVfioPci {
             return Err(EOPNOTSUPP);
         }
         Ok(())
+    }
+
+    // Only BAR2 holds state that user writes change; BAR0's mappings stay vfio-pci-core's.
+    const MMAP_TRACKED_BARS: u8 = 1 << SHMEM_BAR;
+
+    fn bar_tracked(dev: &Device<Self>, bar: u32) -> bool {
+        bar == SHMEM_BAR && dev.data().dirty.is_active()
     }
 
     fn bar_mmap_write(dev: &Device<Self>, bar: u32, offset: u64, len: u64) {
