@@ -18,7 +18,8 @@
 # device, an ivshmem-doorbell served by tools/overlay/ivshmem-server.c, which the driver
 # must decline; default 0), VM_TIMEOUT (default 1200 s),
 # VM_MEM (default 1G), TAP_OUT (default $BUILD/PLAN.tap), VM_QUIET=1 prints
-# only the summary.
+# only the summary, VM_KERNEL (default $OBJ/arch/x86/boot/bzImage) and VM_INITRD
+# (default $BUILD/initramfs.cpio.gz) boot another kernel or initramfs, e.g. a saved one.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
@@ -29,8 +30,8 @@ VM_TIMEOUT=${VM_TIMEOUT:-1200}
 VM_MEM=${VM_MEM:-1G}
 TAP_OUT=${TAP_OUT:-$BUILD/$plan.tap}
 dir=$BUILD/vm/${VM_NAME:-$plan}
-kernel=$OBJ/arch/x86/boot/bzImage
-initrd=$BUILD/initramfs.cpio.gz
+kernel=${VM_KERNEL:-$OBJ/arch/x86/boot/bzImage}
+initrd=${VM_INITRD:-$BUILD/initramfs.cpio.gz}
 [ -f "$kernel" ] && [ -f "$initrd" ] || die "build the kernel and initramfs first"
 mkdir -p "$dir"
 console=$dir/console.log

@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -783,8 +784,11 @@ TEST_F(vfio_migration, data_fd_shared_by_saving_group)
 	/* The same fd streams on; STOP_COPY ends it with EOF, never ENOMSG */
 	ASSERT_EQ(0, read_available(fd, NULL, &n));
 	EXPECT_LT(0, n) TH_LOG("STOP_COPY streamed nothing after PRE_COPY");
-	TH_LOG("%s: PRE_COPY session streamed %llu bytes after its first", dev->driver,
-	       (unsigned long long)n);
+	TH_LOG("%s: PRE_COPY session streamed %llu bytes after its first, MIG_DATA_SIZE was %llu",
+	       dev->driver, (unsigned long long)n, (unsigned long long)size);
+	/* Nothing was written: MIG_DATA_SIZE was what the session still had to stream */
+	if (!strcmp(dev->driver, IVSHMEM_DRIVER))
+		EXPECT_EQ(size, n) TH_LOG("MIG_DATA_SIZE in a saving session after one byte");
 	for (i = 0; i < 3; i++)
 		EXPECT_EQ(0, timed_read(fd, &byte, 1));
 	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
@@ -1033,10 +1037,18 @@ TEST_F(vfio_migration, precopy_info_v2_flags)
 #endif
 }
 
+/*
+ * MIG_DATA_SIZE is "the estimated data length that will be required to
+ * complete stop copy": without a saving session (STOP) that is a whole new
+ * STOP_COPY stream, and in a session just started in STOP_COPY the same.
+ * Inside a session it shrinks as the session is read (ivshmem:
+ * data_size_is_what_stop_copy_streams); a driver may also report a constant
+ * upper bound (mtty).
+ */
 TEST_F_TIMEOUT(vfio_migration, data_size_bounds_stop_copy, 300)
 {
 	struct vfio_mig_device *dev = &self->dev[0];
-	u64 size, n;
+	u64 size, in_session, n;
 	u32 state;
 	int fd, ret;
 
@@ -1057,12 +1069,17 @@ TEST_F_TIMEOUT(vfio_migration, data_size_bounds_stop_copy, 300)
 	ASSERT_EQ(0, vfio_mig_get_data_size(dev->fd, &size));
 	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, STOP_COPY, &fd));
 	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, vfio_mig_get_data_size(dev->fd, &in_session));
 	ASSERT_EQ(0, read_available(fd, NULL, &n));
-	TH_LOG("%s: MIG_DATA_SIZE %llu, a session started in STOP_COPY streamed %llu",
-	       dev->driver, (unsigned long long)size, (unsigned long long)n);
+	TH_LOG("%s: MIG_DATA_SIZE %llu in STOP, %llu in STOP_COPY, which streamed %llu",
+	       dev->driver, (unsigned long long)size, (unsigned long long)in_session,
+	       (unsigned long long)n);
 	EXPECT_GE(size, n);
-	if (!strcmp(dev->driver, IVSHMEM_DRIVER))
+	EXPECT_GE(in_session, n);
+	if (!strcmp(dev->driver, IVSHMEM_DRIVER)) {
 		EXPECT_EQ(size, n);
+		EXPECT_EQ(in_session, n);
+	}
 	ASSERT_EQ(0, vfio_mig_set_state(dev->fd, RUNNING, NULL));
 	ASSERT_EQ(0, close(fd));
 }
@@ -1257,6 +1274,13 @@ static u16 config_word(struct __test_metadata *_metadata, struct ivshmem_ctx *c,
 
 	ASSERT_EQ(2, pread(c->dev[i].fd, &val, 2, c->cfg[i].offset + reg));
 	return le16toh(val);
+}
+
+static void set_config_word(struct __test_metadata *_metadata, struct ivshmem_ctx *c,
+			    int i, u32 reg, u16 val)
+{
+	val = htole16(val);
+	ASSERT_EQ(2, pwrite(c->dev[i].fd, &val, 2, c->cfg[i].offset + reg));
 }
 
 static void ivshmem_setup(struct __test_metadata *_metadata, struct ivshmem_ctx *c)
@@ -1647,6 +1671,85 @@ TEST_F(ivshmem_vfio_pci, ioeventfd_refused_while_tracking)
 	EXPECT_EQ(0x00ff00f1, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK));
 }
 
+/*
+ * Map @len bytes of @mem read+write for DMA at @iova in @dev's type1 container, then unmap;
+ * 0 or -errno of the map.
+ */
+static int type1_map_rw(struct vfio_mig_device *dev, void *mem, u64 len, u64 iova)
+{
+	struct vfio_iommu_type1_dma_map map = {
+		.argsz = sizeof(map),
+		.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+		.vaddr = (uintptr_t)mem,
+		.iova = iova,
+		.size = len,
+	};
+	struct vfio_iommu_type1_dma_unmap unmap = {
+		.argsz = sizeof(unmap),
+		.iova = iova,
+		.size = len,
+	};
+
+	if (ioctl(dev->container_fd, VFIO_IOMMU_MAP_DMA, &map))
+		return -errno;
+	return ioctl(dev->container_fd, VFIO_IOMMU_UNMAP_DMA, &unmap) ? -errno : 0;
+}
+
+/*
+ * A BAR2 page that was read through the device's mmap() must stay mappable for peer-to-peer
+ * DMA (what QEMU does with every BAR it maps): the type1 driver, like KVM, finds the page with
+ * follow_pfnmap() and fails on a present read-only PTE. Outside a saving session and inside
+ * one (where sent pages are unmapped and faulted in again), in the group/type1 path. The
+ * iommufd path cannot map a BAR's mmap() at all in 7.3 (upstream's
+ * vfio_dma_mapping_mmio_test expects that failure), so it is not tested here.
+ */
+TEST(ivshmem_read_bar2_then_map_dma)
+{
+	struct vfio_mig_device dev = {};
+	struct vfio_region_info bar2;
+	const u64 page = getpagesize();
+	u8 *mem;
+	int ret, data_fd = -1;
+	u32 i;
+
+	if (nr_devices < 1)
+		SKIP(return, "needs an %s device", IVSHMEM_DRIVER);
+	ASSERT_EQ(0, vfio_mig_device_lookup(&dev, device_names[0]));
+	if (strcmp(dev.driver, IVSHMEM_DRIVER))
+		SKIP(return, "%s is bound to %s, not %s", dev.name, dev.driver, IVSHMEM_DRIVER);
+	ret = vfio_mig_device_open(&dev, 1);
+	ASSERT_EQ(0, ret) TH_LOG("opening %s (group): %s", dev.name, strerror(-ret));
+	ASSERT_EQ(0, to_running(&dev));
+	ASSERT_EQ(0, region_info(dev.fd, IVSHMEM_BAR2, &bar2));
+	ASSERT_LE(8 * page, bar2.size);
+	mem = mmap(NULL, bar2.size, PROT_READ | PROT_WRITE, MAP_SHARED, dev.fd, bar2.offset);
+	ASSERT_NE(MAP_FAILED, mem);
+
+	for (i = 0; i < 2; i++) {
+		u8 *p = mem + (2 * i + 1) * page;
+
+		if (i == 1)
+			ASSERT_EQ(0, vfio_mig_set_state(dev.fd, VFIO_DEVICE_STATE_PRE_COPY,
+							&data_fd));
+		/* A read fault first, then the DMA mapping of that page, read+write. */
+		(void)READ_ONCE(*p);
+		ret = type1_map_rw(&dev, p, page, (1ULL << 32) + i * page);
+		EXPECT_EQ(0, ret) TH_LOG("%s session: MAP_DMA of a read BAR2 page: %s",
+					 i ? "in a" : "outside a", strerror(-ret));
+		/* An untouched page, and a page written first. */
+		ret = type1_map_rw(&dev, p + page, page, (1ULL << 33) + i * page);
+		EXPECT_EQ(0, ret) TH_LOG("MAP_DMA of an untouched page: %s", strerror(-ret));
+		WRITE_ONCE(p[-page], READ_ONCE(p[-page]));
+		ret = type1_map_rw(&dev, p - page, page, (1ULL << 34) + i * page);
+		EXPECT_EQ(0, ret) TH_LOG("MAP_DMA of a written page: %s", strerror(-ret));
+	}
+	if (data_fd >= 0)
+		close(data_fd);
+	munmap(mem, bar2.size);
+	to_running(&dev);
+	vfio_mig_device_close(&dev);
+}
+
 /* Write @val to the sysfs attribute @path; 0 or -errno. */
 static int sysfs_write(const char *path, const char *val)
 {
@@ -1791,7 +1894,10 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci, stream_format, 600)
 	expect_mem(_metadata, image, c->expect, c->size, "BAR2 replayed from the stream");
 	free(image);
 
-	/* A session started in STOP_COPY: its own id, MIG_DATA_SIZE bytes */
+	/*
+	 * A session started in STOP_COPY: its own id, as many bytes as
+	 * MIG_DATA_SIZE reported before, in STOP (no session: a whole new stream)
+	 */
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, STOP, NULL));
 	ASSERT_EQ(0, vfio_mig_get_data_size(c->dev[0].fd, &data_size));
 	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
@@ -2381,6 +2487,7 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci, dirty_bytes_follow_writes_and_reads, 300)
 	struct mig_rec *recs = NULL;
 	struct page_set ps = {};
 	int fd, ret, nr = 0, i, reads = 0;
+	static u8 page[DIRTY_PAGE];
 	struct pollfd pfd;
 	u64 n, s = c->seed;
 	ssize_t r;
@@ -2468,7 +2575,10 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci, dirty_bytes_follow_writes_and_reads, 300)
 			TH_LOG("page %#llx sent, not written or sent twice",
 			       (unsigned long long)off);
 		ps.state[off / DIRTY_PAGE] = PAGE_UNTOUCHED;
-		EXPECT_EQ(0, memcmp(p + 8, c->mem[0] + off, DIRTY_PAGE))
+		/* Through the region: a fault on the mmap counts as a write, reads too */
+		ASSERT_EQ(DIRTY_PAGE, pread(c->dev[0].fd, page, DIRTY_PAGE,
+					    c->bar2[0].offset + off));
+		EXPECT_EQ(0, memcmp(p + 8, page, DIRTY_PAGE))
 			TH_LOG("page %#llx: stale content", (unsigned long long)off);
 	}
 	free(recs);
@@ -2838,6 +2948,558 @@ TEST_F_TIMEOUT(ivshmem_vfio_pci_dirty, random_writes_migrate, 300)
 	EXPECT_EQ(c->intrstatus, ivshmem_reg(_metadata, c, 1, IVSHMEM_INTRSTATUS));
 	EXPECT_EQ(c->intrmask, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRMASK));
 	EXPECT_EQ(c->intrstatus, ivshmem_reg(_metadata, c, 0, IVSHMEM_INTRSTATUS));
+}
+
+/* ------------------------------------------------------------------ */
+/* ivshmem-vfio-pci: memory decoding, MIG_DATA_SIZE, wake-ups, ends    */
+
+/*
+ * QEMU resets a resuming device and restores its config space only after
+ * the device data, and a guest may clear memory decoding while it is being
+ * saved: saving and resuming must work whatever the user set in the command
+ * register, and must leave it as the user set it.
+ */
+enum decoding_off {
+	/* B, before STOP -> RESUMING, until B is RUNNING again */
+	DECODING_OFF_RESUME,
+	/* A, right after RUNNING -> PRE_COPY, before the initial image is read */
+	DECODING_OFF_SAVE_PRE_COPY,
+	/* A, after the initial image and a few writes, before -> STOP_COPY */
+	DECODING_OFF_SAVE_STOP_COPY,
+};
+
+FIXTURE(ivshmem_vfio_pci_decoding_off) {
+	struct ivshmem_ctx c;
+	/* The command registers as the setup found them */
+	u16 cmd[2];
+};
+
+FIXTURE_VARIANT(ivshmem_vfio_pci_decoding_off) {
+	enum decoding_off when;
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_decoding_off, resume) {
+	.when = DECODING_OFF_RESUME,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_decoding_off, save_in_pre_copy) {
+	.when = DECODING_OFF_SAVE_PRE_COPY,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_decoding_off, save_before_stop_copy) {
+	.when = DECODING_OFF_SAVE_STOP_COPY,
+};
+
+FIXTURE_SETUP(ivshmem_vfio_pci_decoding_off)
+{
+	struct ivshmem_ctx *c = &self->c;
+	int i;
+
+	ivshmem_setup(_metadata, c);
+	if (_metadata->exit_code)
+		return;
+	for (i = 0; i < 2; i++) {
+		self->cmd[i] = config_word(_metadata, c, i, PCI_COMMAND);
+		ASSERT_TRUE(self->cmd[i] & PCI_COMMAND_MEMORY)
+			TH_LOG("%s: memory decoding off after open", c->dev[i].name);
+	}
+}
+
+FIXTURE_TEARDOWN(ivshmem_vfio_pci_decoding_off)
+{
+	struct ivshmem_ctx *c = &self->c;
+	int i;
+
+	for (i = 0; i < c->nr_open; i++) {
+		u16 val = htole16(self->cmd[i]);
+
+		if (self->cmd[i])
+			pwrite(c->dev[i].fd, &val, 2, c->cfg[i].offset + PCI_COMMAND);
+	}
+	ivshmem_teardown(c);
+}
+
+TEST_F_TIMEOUT(ivshmem_vfio_pci_decoding_off, migrate, 120)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_mig_device *a = &c->dev[0], *b = &c->dev[1];
+	const u16 off_a = self->cmd[0] & ~PCI_COMMAND_MEMORY;
+	const u16 off_b = self->cmd[1] & ~PCI_COMMAND_MEMORY;
+	struct mig_buf stream = {};
+	u64 n, s = ~c->seed;
+	int fd, ret;
+
+	if (variant->when != DECODING_OFF_RESUME && !(c->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "no PRE_COPY");
+	ivshmem_fill(_metadata, c);
+
+	if (variant->when == DECODING_OFF_RESUME) {
+		save_stop_copy(_metadata, a, &stream);
+		set_config_word(_metadata, c, 1, PCI_COMMAND, off_b);
+		ASSERT_EQ(off_b, config_word(_metadata, c, 1, PCI_COMMAND));
+		ASSERT_EQ(0, vfio_mig_set_state(b->fd, STOP, NULL));
+		ASSERT_EQ(0, vfio_mig_set_state(b->fd, RESUMING, &fd));
+		ASSERT_LE(0, fd);
+		ret = write_stream(fd, stream.data, stream.len, NULL);
+		EXPECT_EQ(0, ret) TH_LOG("writing the stream, memory decoding off: %s",
+					 strerror(-ret));
+		ret = vfio_mig_set_state(b->fd, STOP, NULL);
+		ASSERT_EQ(0, ret) TH_LOG("RESUMING -> STOP, memory decoding off: %s",
+					 strerror(-ret));
+		ASSERT_EQ(0, vfio_mig_set_state(b->fd, RUNNING, NULL));
+		ASSERT_EQ(0, close(fd));
+		EXPECT_EQ(off_b, config_word(_metadata, c, 1, PCI_COMMAND))
+			TH_LOG("resuming changed B's command register");
+		set_config_word(_metadata, c, 1, PCI_COMMAND, self->cmd[1]);
+		ivshmem_check(_metadata, c);
+		ivshmem_check_source(_metadata, c);
+		mig_buf_free(&stream);
+		return;
+	}
+
+	reach_state(_metadata, a, PRE_COPY, NULL, 0, &fd);
+	if (variant->when == DECODING_OFF_SAVE_PRE_COPY)
+		set_config_word(_metadata, c, 0, PCI_COMMAND, off_a);
+	ret = read_available(fd, &stream, &n);
+	EXPECT_EQ(-ENOMSG, ret) TH_LOG("PRE_COPY read, memory decoding %s: %s",
+				       variant->when == DECODING_OFF_SAVE_PRE_COPY ? "off" : "on",
+				       strerror(-ret));
+	if (variant->when == DECODING_OFF_SAVE_STOP_COPY) {
+		/* Pages for STOP_COPY to send with decoding off */
+		ivshmem_write(_metadata, c, 5 * DIRTY_PAGE + 3, 10, prng(&s), false);
+		ivshmem_write(_metadata, c, c->size - DIRTY_PAGE, 2, prng(&s), true);
+		set_config_word(_metadata, c, 0, PCI_COMMAND, off_a);
+	}
+	ASSERT_EQ(off_a, config_word(_metadata, c, 0, PCI_COMMAND));
+	if (c->flags & VFIO_MIGRATION_P2P)
+		ASSERT_EQ(0, vfio_mig_set_state(a->fd, PRE_COPY_P2P, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP_COPY, NULL));
+	ret = read_available(fd, &stream, &n);
+	EXPECT_EQ(0, ret) TH_LOG("STOP_COPY read, memory decoding off: %s", strerror(-ret));
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP, NULL));
+	ASSERT_EQ(0, close(fd));
+	EXPECT_EQ(off_a, config_word(_metadata, c, 0, PCI_COMMAND))
+		TH_LOG("saving changed A's command register");
+
+	resume_qemu_way(_metadata, b, stream.data, stream.len);
+	ivshmem_check(_metadata, c);
+	set_config_word(_metadata, c, 0, PCI_COMMAND, self->cmd[0]);
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, RUNNING, NULL));
+	ivshmem_check_source(_metadata, c);
+	mig_buf_free(&stream);
+}
+
+/*
+ * VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, "the estimated data length that will
+ * be required to complete stop copy", is what STOP_COPY would still stream
+ * from the saving session (QEMU switches over once that fits in its
+ * downtime), and without a session that of a whole new STOP_COPY stream:
+ * in PRE_COPY initial_bytes + dirty_bytes + the records only STOP_COPY
+ * produces (the tail: REGS and END), so after the initial image just the
+ * tail, whatever the size of BAR2.
+ */
+TEST_F_TIMEOUT(ivshmem_vfio_pci, data_size_is_what_stop_copy_streams, 120)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_mig_device *a = &c->dev[0];
+	struct vfio_precopy_info start, info, prev;
+	u64 ds_start, ds_drained, ds, ds_full, tail, n, half, done = 0, s = c->seed;
+	const u64 nr_mem = (c->size + MIG_MEM_MAX_DATA - 1) / MIG_MEM_MAX_DATA;
+	const int k = 5;
+	int fd, ret, i;
+
+	if (!(c->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "no PRE_COPY");
+	reach_state(_metadata, a, PRE_COPY, NULL, 0, &fd);
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &start));
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds_start));
+	ret = read_available(fd, NULL, &n);
+	EXPECT_EQ(-ENOMSG, ret) TH_LOG("draining the initial image: %s", strerror(-ret));
+	EXPECT_EQ(start.initial_bytes + start.dirty_bytes, n);
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	EXPECT_EQ(0, info.initial_bytes);
+	EXPECT_EQ(0, info.dirty_bytes);
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds_drained));
+	TH_LOG("PRE_COPY: MIG_DATA_SIZE %llu at the start (initial_bytes %llu), %llu drained",
+	       (unsigned long long)ds_start, (unsigned long long)start.initial_bytes,
+	       (unsigned long long)ds_drained);
+	EXPECT_GT(c->size / 1024, ds_drained)
+		TH_LOG("drained PRE_COPY: MIG_DATA_SIZE %llu, BAR2 has %llu bytes",
+		       (unsigned long long)ds_drained, (unsigned long long)c->size);
+
+	/* k pages written: it grows with dirty_bytes */
+	prev = info;
+	for (i = 0; i < k; i++)
+		ivshmem_write(_metadata, c, (7 + 3 * i) * DIRTY_PAGE + i, 1 + i, prng(&s), false);
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds));
+	EXPECT_EQ(k * PAGE_REC_SIZE, info.dirty_bytes);
+	EXPECT_EQ(ds_drained + info.dirty_bytes - prev.dirty_bytes, ds)
+		TH_LOG("%d pages written: MIG_DATA_SIZE %llu -> %llu, dirty_bytes %llu -> %llu",
+		       k, (unsigned long long)ds_drained, (unsigned long long)ds,
+		       (unsigned long long)prev.dirty_bytes,
+		       (unsigned long long)info.dirty_bytes);
+
+	/* A record read in part: what is produced and not read yet counts */
+	pump_exactly(_metadata, fd, -1, PAGE_REC_SIZE + 50, &done);
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds));
+	EXPECT_EQ(ds_drained + info.dirty_bytes, ds)
+		TH_LOG("%llu bytes read: MIG_DATA_SIZE %llu, dirty_bytes %llu",
+		       (unsigned long long)done, (unsigned long long)ds,
+		       (unsigned long long)info.dirty_bytes);
+	ret = read_available(fd, NULL, &n);
+	EXPECT_EQ(-ENOMSG, ret);
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds));
+	EXPECT_EQ(ds_drained, ds) TH_LOG("drained again");
+
+	/* STOP_COPY streams exactly MIG_DATA_SIZE, the tail */
+	if (c->flags & VFIO_MIGRATION_P2P) {
+		ASSERT_EQ(0, vfio_mig_set_state(a->fd, PRE_COPY_P2P, NULL));
+		ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds));
+		EXPECT_EQ(ds_drained, ds) TH_LOG("in PRE_COPY_P2P");
+	}
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP_COPY, NULL));
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds));
+	ret = read_available(fd, NULL, &tail);
+	EXPECT_EQ(0, ret) TH_LOG("STOP_COPY read: %s", strerror(-ret));
+	TH_LOG("STOP_COPY after a drained PRE_COPY: MIG_DATA_SIZE %llu, streamed %llu",
+	       (unsigned long long)ds, (unsigned long long)tail);
+	EXPECT_EQ(ds, tail) TH_LOG("MIG_DATA_SIZE in STOP_COPY against what it streamed");
+	EXPECT_EQ(STOP_COPY_TAIL, tail) TH_LOG("STOP_COPY after a drained PRE_COPY");
+	EXPECT_EQ(tail, ds_drained) TH_LOG("MIG_DATA_SIZE of a drained PRE_COPY");
+	EXPECT_EQ(start.initial_bytes + start.dirty_bytes + tail, ds_start)
+		TH_LOG("MIG_DATA_SIZE at the start of PRE_COPY");
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds));
+	EXPECT_EQ(0, ds) TH_LOG("MIG_DATA_SIZE at the end of the stream");
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP, NULL));
+	ASSERT_EQ(0, close(fd));
+
+	/* No session: a whole new stream; STOP -> STOP_COPY: what is left */
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds_full));
+	EXPECT_EQ(HEADER_REC_SIZE + c->size + nr_mem * (MIG_REC_HDR_SIZE + 8) + tail, ds_full)
+		TH_LOG("MIG_DATA_SIZE in STOP");
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP_COPY, &fd));
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds));
+	EXPECT_EQ(ds_full, ds) TH_LOG("MIG_DATA_SIZE of a new STOP_COPY session");
+	half = ds / 2 + 13;
+	done = 0;
+	pump_exactly(_metadata, fd, -1, half, &done);
+	ASSERT_EQ(0, vfio_mig_get_data_size(a->fd, &ds));
+	EXPECT_EQ(ds_full - half, ds) TH_LOG("%llu of %llu bytes read: MIG_DATA_SIZE %llu",
+					     (unsigned long long)half,
+					     (unsigned long long)ds_full,
+					     (unsigned long long)ds);
+	ret = read_available(fd, NULL, &n);
+	EXPECT_EQ(0, ret) TH_LOG("STOP_COPY read: %s", strerror(-ret));
+	EXPECT_EQ(ds_full - half, n) TH_LOG("the rest of the STOP_COPY stream");
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+}
+
+/*
+ * A user waiting at the temporary end of a PRE_COPY stream, as the uAPI
+ * tells it to, is woken when new data appears: a write to BAR2 by another
+ * thread, through pwrite() or the mmap.
+ */
+struct late_writer {
+	pthread_t thread;
+	struct ivshmem_ctx *c;
+	bool by_mmap;
+	u64 off;
+	ssize_t ret;
+};
+
+static void *late_writer_main(void *arg)
+{
+	struct late_writer *w = arg;
+	struct ivshmem_ctx *c = w->c;
+	u8 byte = 0x5a;
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGALRM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	usleep(200000);
+	if (w->by_mmap) {
+		__atomic_store_n(&c->mem[0][w->off], byte, __ATOMIC_RELAXED);
+		w->ret = 1;
+	} else {
+		w->ret = pwrite(c->dev[0].fd, &byte, 1, c->bar2[0].offset + w->off);
+	}
+	return NULL;
+}
+
+static long ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* Wait in poll() (@epfd < 0) or epoll_wait() while a thread writes a byte at @off. */
+static void wait_for_late_write(struct __test_metadata *_metadata, struct ivshmem_ctx *c,
+				int fd, int epfd, bool by_mmap, u64 off)
+{
+	struct late_writer w = { .c = c, .by_mmap = by_mmap, .off = off };
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	const char *how = epfd < 0 ? "poll()" : "epoll_wait()";
+	struct vfio_precopy_info info;
+	struct epoll_event ev = {};
+	struct timespec t0;
+	bool in;
+	int ret;
+	long ms;
+	u64 n;
+
+	ASSERT_EQ(0, vfio_mig_precopy_info(fd, &info));
+	ASSERT_EQ(0, info.initial_bytes + info.dirty_bytes);
+	ret = epfd < 0 ? poll(&pfd, 1, 0) : epoll_wait(epfd, &ev, 1, 0);
+	EXPECT_EQ(0, ret) TH_LOG("%s reports data at the temporary end of stream", how);
+
+	ASSERT_EQ(0, pthread_create(&w.thread, NULL, late_writer_main, &w));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = epfd < 0 ? poll(&pfd, 1, 3000) : epoll_wait(epfd, &ev, 1, 3000);
+	ms = ms_since(&t0);
+	pthread_join(w.thread, NULL);
+	ASSERT_EQ(1, w.ret) TH_LOG("the write at %#llx", (unsigned long long)off);
+	in = epfd < 0 ? pfd.revents & POLLIN : ev.events & EPOLLIN;
+	TH_LOG("%s: a write through %s 200 ms later, %s returned %d (%s) after %ld ms",
+	       c->dev[0].name, by_mmap ? "the mmap" : "pwrite()", how, ret,
+	       in ? "readable" : "not readable", ms);
+	EXPECT_EQ(1, ret) TH_LOG("%s not woken by new PRE_COPY data", how);
+	EXPECT_TRUE(in);
+	EXPECT_GT(1000, ms) TH_LOG("%s returned after %ld ms", how, ms);
+	EXPECT_LE(150, ms) TH_LOG("%s returned before the write", how);
+	ret = read_available(fd, NULL, &n);
+	EXPECT_EQ(-ENOMSG, ret);
+	EXPECT_EQ(PAGE_REC_SIZE, n) TH_LOG("read after the wake-up");
+}
+
+FIXTURE(ivshmem_vfio_pci_poll) {
+	struct ivshmem_ctx c;
+};
+
+FIXTURE_VARIANT(ivshmem_vfio_pci_poll) {
+	bool by_mmap;
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_poll, pwrite) {
+	.by_mmap = false,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_poll, mmap) {
+	.by_mmap = true,
+};
+
+FIXTURE_SETUP(ivshmem_vfio_pci_poll)
+{
+	ivshmem_setup(_metadata, &self->c);
+}
+
+FIXTURE_TEARDOWN(ivshmem_vfio_pci_poll)
+{
+	ivshmem_teardown(&self->c);
+}
+
+TEST_F_TIMEOUT(ivshmem_vfio_pci_poll, precopy_poll_woken_by_new_data, 60)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct epoll_event ev = { .events = EPOLLIN };
+	int fd, epfd, ret;
+	u64 n;
+
+	if (!(c->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "no PRE_COPY");
+	reach_state(_metadata, &c->dev[0], PRE_COPY, NULL, 0, &fd);
+	ret = read_available(fd, NULL, &n);
+	ASSERT_EQ(-ENOMSG, ret) TH_LOG("draining the initial image: %s", strerror(-ret));
+	wait_for_late_write(_metadata, c, fd, -1, variant->by_mmap, 5 * DIRTY_PAGE + 1);
+
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	ASSERT_LE(0, epfd);
+	ev.data.fd = fd;
+	ASSERT_EQ(0, epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev));
+	wait_for_late_write(_metadata, c, fd, epfd, variant->by_mmap, c->size - 7);
+	ASSERT_EQ(0, close(epfd));
+	ASSERT_EQ(0, vfio_mig_set_state(c->dev[0].fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+}
+
+/*
+ * A saving fd whose session ended (the device left the saving group, or
+ * was reset) answers ENODEV, even when part of a record it produced is
+ * still unread, and poll() does not report it readable.
+ */
+enum session_end { END_SET_RUNNING, END_RESET, END_SET_STOP };
+
+FIXTURE(ivshmem_vfio_pci_ended) {
+	struct ivshmem_ctx c;
+};
+
+FIXTURE_VARIANT(ivshmem_vfio_pci_ended) {
+	u32 state;
+	enum session_end end;
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_ended, pre_copy_set_running) {
+	.state = PRE_COPY,
+	.end = END_SET_RUNNING,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_ended, pre_copy_reset) {
+	.state = PRE_COPY,
+	.end = END_RESET,
+};
+
+FIXTURE_VARIANT_ADD(ivshmem_vfio_pci_ended, stop_copy_set_stop) {
+	.state = STOP_COPY,
+	.end = END_SET_STOP,
+};
+
+FIXTURE_SETUP(ivshmem_vfio_pci_ended)
+{
+	ivshmem_setup(_metadata, &self->c);
+}
+
+FIXTURE_TEARDOWN(ivshmem_vfio_pci_ended)
+{
+	ivshmem_teardown(&self->c);
+}
+
+TEST_F(ivshmem_vfio_pci_ended, disabled_save_fd_keeps_nothing)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_mig_device *a = &c->dev[0];
+	struct pollfd pfd;
+	u8 buf[100];
+	int fd, ret;
+
+	if (variant->state == PRE_COPY && !(c->flags & VFIO_MIGRATION_PRE_COPY))
+		SKIP(return, "no PRE_COPY");
+	reach_state(_metadata, a, variant->state, NULL, 0, &fd);
+	/* 10 bytes of the HEADER record: the rest of it stays buffered */
+	ASSERT_GT(HEADER_REC_SIZE, 10);
+	ASSERT_EQ(10, timed_read(fd, buf, 10));
+	if (variant->end == END_RESET) {
+		ASSERT_EQ(0, vfio_mig_reset(a->fd));
+	} else {
+		ASSERT_EQ(0, vfio_mig_set_state(a->fd, variant->end == END_SET_STOP ?
+						STOP : RUNNING, NULL));
+	}
+
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	ret = poll(&pfd, 1, 0);
+	EXPECT_FALSE(pfd.revents & POLLIN)
+		TH_LOG("poll() of an ended data fd: %d, revents %#x", ret, pfd.revents);
+	ret = timed_read(fd, buf, sizeof(buf));
+	EXPECT_EQ(-ENODEV, ret) TH_LOG("read() of an ended data fd returned %d", ret);
+	ret = timed_read(fd, buf, sizeof(buf));
+	EXPECT_EQ(-ENODEV, ret) TH_LOG("second read() of an ended data fd returned %d", ret);
+	ASSERT_EQ(0, close(fd));
+	ASSERT_EQ(0, to_running(a));
+	new_session_works(_metadata, a);
+}
+
+static int sb_write(int fd, const struct stream_builder *b)
+{
+	int i, ret;
+
+	for (i = 0; i < b->nseg; i++) {
+		ret = write_stream(fd, b->seg[i].p, b->seg[i].len, NULL);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/*
+ * A complete, correctly framed stream that the driver rejects when
+ * RESUMING -> STOP applies it (no REGS record) leaves the destination
+ * partly restored with nothing to retry: the device goes to ERROR, which
+ * only VFIO_DEVICE_RESET leaves, and then works again. (A stream that is
+ * merely incomplete keeps RESUMING with its fd usable: corrupt_stream.)
+ */
+TEST_F_TIMEOUT(ivshmem_vfio_pci, resume_rejected_stream_leaves_error, 60)
+{
+	struct ivshmem_ctx *c = &self->c;
+	struct vfio_mig_device *a = &c->dev[0], *b = &c->dev[1];
+	const u64 want = HEADER_REC_SIZE + IMAGE_REC_SIZE;
+	const u32 mask = 0x00050001, status = 0x000a0002;
+	struct stream_builder bad = {}, good = {};
+	struct mig_buf prefix = {};
+	struct mig_rec *recs;
+	u8 regs[8];
+	int fd, nr, ret;
+	u64 session;
+	u32 state;
+	ssize_t r;
+
+	ASSERT_LE(SZ_1M, c->size);
+	/* The HEADER and the first MEM record of a session of A */
+	reach_state(_metadata, a, STOP_COPY, NULL, 0, &fd);
+	mig_buf_reserve(&prefix, want);
+	while (prefix.len < want) {
+		r = timed_read(fd, prefix.data + prefix.len, want - prefix.len);
+		ASSERT_LT(0, r) TH_LOG("read: %s", r ? strerror(-r) : "end of stream");
+		prefix.len += r;
+	}
+	ASSERT_EQ(0, vfio_mig_set_state(a->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+	ASSERT_EQ(0, parse_stream(prefix.data, prefix.len, &recs, &nr));
+	ASSERT_EQ(2, nr);
+	ASSERT_EQ(MIG_REC_HEADER, recs[0].type);
+	ASSERT_EQ(MIG_REC_MEM, recs[1].type);
+	ASSERT_EQ(0, get_le64(rec_payload(prefix.data, &recs[1])));
+	session = recs[0].session;
+
+	/* Complete and correctly framed, but no REGS */
+	sb_recs(&bad, prefix.data, recs, 0, 1);
+	sb_end(&bad, session, 0, 0);
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, RESUMING, &fd));
+	ASSERT_LE(0, fd);
+	ret = sb_write(fd, &bad);
+	ASSERT_EQ(0, ret) TH_LOG("writing a stream without REGS: %s", strerror(-ret));
+	ret = vfio_mig_set_state(b->fd, STOP, NULL);
+	ASSERT_NE(0, ret) TH_LOG("RESUMING -> STOP accepted a stream without REGS");
+	ASSERT_EQ(0, vfio_mig_get_state(b->fd, &state));
+	TH_LOG("RESUMING -> STOP: %s, then in %s", strerror(-ret), vfio_mig_state_name(state));
+	EXPECT_EQ(VFIO_DEVICE_STATE_ERROR, state)
+		TH_LOG("in %s after a rejected complete stream", vfio_mig_state_name(state));
+	EXPECT_NE(0, vfio_mig_set_state(b->fd, STOP, NULL)) TH_LOG("SET STOP again");
+	EXPECT_NE(0, vfio_mig_set_state(b->fd, RUNNING, NULL)) TH_LOG("SET RUNNING");
+	EXPECT_GT(0, probe_data_fd(fd, false)) TH_LOG("write() after the rejection");
+	ASSERT_EQ(0, vfio_mig_reset(b->fd));
+	ASSERT_STATE(b, RUNNING);
+	EXPECT_EQ(-ENODEV, probe_data_fd(fd, false));
+	ASSERT_EQ(0, close(fd));
+
+	/* B works again: a saving session, and a resume with REGS */
+	new_session_works(_metadata, b);
+	put_le32(regs, mask);
+	put_le32(regs + 4, status);
+	sb_recs(&good, prefix.data, recs, 0, 1);
+	sb_new(&good, MIG_REC_REGS, 0, sizeof(regs), session, regs, sizeof(regs));
+	sb_end(&good, session, 0, 0);
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, STOP, NULL));
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, RESUMING, &fd));
+	ASSERT_LE(0, fd);
+	ret = sb_write(fd, &good);
+	ASSERT_EQ(0, ret) TH_LOG("writing a stream with REGS: %s", strerror(-ret));
+	ret = vfio_mig_set_state(b->fd, STOP, NULL);
+	ASSERT_EQ(0, ret) TH_LOG("RESUMING -> STOP after the reset: %s", strerror(-ret));
+	ASSERT_EQ(0, vfio_mig_set_state(b->fd, RUNNING, NULL));
+	ASSERT_EQ(0, close(fd));
+	expect_mem(_metadata, c->mem[1], rec_payload(prefix.data, &recs[1]) + 8, SZ_1M,
+		   "B's first MiB");
+	EXPECT_EQ(mask, ivshmem_reg(_metadata, c, 1, IVSHMEM_INTRMASK));
+	EXPECT_EQ(status, ivshmem_reg(_metadata, c, 1, IVSHMEM_INTRSTATUS));
+	free(recs);
+	mig_buf_free(&prefix);
 }
 
 /* ------------------------------------------------------------------ */
