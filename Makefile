@@ -4,6 +4,7 @@
 #
 #   make demo     set up, build, boot the VM, bind the devices, show the result
 #   make check    set up, build, run the tests in the VM; TAP in build/check.tap
+#                 and build/check-qemu.tap
 #   make bench    set up, build, run the migration benchmark in the VM; build/bench.json
 #
 # Everything is built in build/ (ignored by git, reused between runs).
@@ -32,8 +33,12 @@ kernel: setup
 initramfs: kernel
 	@$(OVERLAY)/initramfs.sh
 
+# Two boots: the uAPI and driver tests, then QEMU 10 as the migration client
+# (L2 VMs inside the guest; a 1-vCPU guest, see tools/overlay/guest/plans-qemu.sh).
 check: initramfs
-	@IVSHMEM_DOORBELL=1 TAP_OUT=$(BUILD)/check.tap $(OVERLAY)/vm.sh check
+	@IVSHMEM_DOORBELL=1 VM_APPEND="overlay.qemu=0 $(VM_APPEND)" TAP_OUT=$(BUILD)/check.tap \
+		$(OVERLAY)/vm.sh check
+	@VM_SMP=1 IVSHMEM_EXTRA=16M TAP_OUT=$(BUILD)/check-qemu.tap $(OVERLAY)/vm.sh qemu
 
 demo: initramfs
 	@TAP_OUT=$(BUILD)/demo.tap $(OVERLAY)/vm.sh demo

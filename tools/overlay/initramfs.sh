@@ -41,6 +41,28 @@ find "$kst/vfio" -maxdepth 1 -type f -perm -u+x -exec cp {} "$stage/opt/tests/" 
 "${KMAKE[@]}" -s INSTALL_MOD_PATH="$stage" INSTALL_MOD_STRIP=1 DEPMOD=/sbin/depmod \
 	modules_install >/dev/null
 rm -f "$stage"/lib/modules/*/build "$stage"/lib/modules/*/source
+# QEMU 10 for the L2 VMs of plans-qemu.sh (set up by setup.sh), with every
+# shared library it loads at its own path, the L2 firmware and the HMP client.
+# No data files: the L2 machine loads only our -bios (-L an empty dir).
+qemu10=$BUILD/deps/qemu10/usr/bin/qemu-system-x86_64
+if [ -x "$qemu10" ]; then
+	"$top/tools/overlay/l2/build.sh" "$BUILD/l2" || die "building the L2 firmware failed"
+	mkdir -p "$stage/opt/qemu/bin" "$stage/opt/qemu/share"
+	cp "$qemu10" "$stage/opt/qemu/bin/"
+	cp "$BUILD/l2/l2fw.bin" "$stage/opt/qemu/share/"
+	cp "$BUILD/l2/hmp" "$stage/opt/qemu/bin/"
+	libs=$(ldd "$qemu10" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p')
+	[ -n "$libs" ] || die "ldd found no libraries for $qemu10"
+	for l in $libs; do
+		mkdir -p "$stage$(dirname "$l")"
+		cp -L "$l" "$stage$l"
+	done
+	# The loader at the path the binary names (PT_INTERP).
+	interp=$(readelf -l "$qemu10" | sed -n 's/.*interpreter: \([^]]*\)].*/\1/p')
+	[ -e "$stage$interp" ] || { mkdir -p "$stage$(dirname "$interp")" && cp -L "$interp" "$stage$interp"; }
+else
+	echo "initramfs: no $qemu10 (tools/overlay/setup.sh): plans-qemu.sh will skip"
+fi
 (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet --owner 0:0) |
 	gzip -1 >"$out.tmp"
 mv "$out.tmp" "$out"

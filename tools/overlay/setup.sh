@@ -134,3 +134,54 @@ done <"$manifest.new"
 mv "$manifest.new" "$manifest"
 ln -sfn "$top/Kconfig" "$src/Kconfig.overlay"
 log "base tree $(make -s -C "$src" kernelversion) ready at $src"
+
+# ---------------------------------------------------------------- QEMU 10
+# QEMU >= 10.0 as the VFIO migration client inside the guest (L2 VMs), from
+# bookworm-backports through its own private apt configuration, unpacked into
+# $deps/qemu10; the system QEMU (7.2) keeps booting the test VM. It runs on
+# bookworm's own libraries. Only the binary package is needed: the L2 machine
+# loads our firmware (-bios) and no data files (-L an empty dir).
+QEMU_SUITE=${QEMU_SUITE:-bookworm-backports}
+QEMU_PKGS=${QEMU_PKGS:-qemu-system-x86}
+qemu10=$deps/qemu10
+qaptdir=$deps/apt-qemu
+qaptopts=(-o "Dir::Etc::SourceList=$qaptdir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+	-o "Dir::State::Lists=$qaptdir/lists" -o "Dir::Cache=$qaptdir/cache"
+	-o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
+# qemu_version BINARY: "MAJOR.MINOR" it reports, empty if it does not run.
+qemu_version() {
+	"$1" --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\.[0-9]*\).*/\1/p'
+}
+qemu_ok() {
+	v=$(qemu_version "$qemu10/usr/bin/qemu-system-x86_64")
+	[ -n "$v" ] && [ "${v%%.*}" -ge 10 ]
+}
+if ! qemu_ok; then
+	log "downloading $QEMU_PKGS from Debian $QEMU_SUITE"
+	mkdir -p "$qaptdir/lists/partial" "$qaptdir/cache/archives/partial" "$qaptdir/debs"
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
+		"http://deb.debian.org/debian $QEMU_SUITE main" >"$qaptdir/sources.list"
+	apt-get "${qaptopts[@]}" -qq update >/dev/null 2>&1 ||
+		die "cannot read the Debian suite $QEMU_SUITE (apt-get update failed)"
+	rm -rf "$qemu10" "$qaptdir"/debs/*.deb
+	mkdir -p "$qemu10"
+	for p in $QEMU_PKGS; do
+		ver=$(apt-cache "${qaptopts[@]}" show "$p/$QEMU_SUITE" 2>/dev/null |
+			sed -n 's/^Version: //p' | head -n1)
+		[ -n "$ver" ] || die "Debian package $p is not in $QEMU_SUITE"
+		# Debian version [epoch:]upstream-revision: QEMU must be 10.0 or later.
+		major=${ver#*:}
+		major=${major%%.*}
+		[ "$p" != qemu-system-x86 ] || [ "$major" -ge 10 ] 2>/dev/null ||
+			die "need qemu-system-x86 >= 10.0 from $QEMU_SUITE, found $ver"
+		(cd "$qaptdir/debs" && apt-get "${qaptopts[@]}" -qq download "$p=$ver") ||
+			die "download of $p $ver from $QEMU_SUITE failed"
+	done
+	for deb in "$qaptdir"/debs/*.deb; do
+		dpkg-deb -x "$deb" "$qemu10"
+	done
+	qemu_ok || die "$QEMU_PKGS from $QEMU_SUITE: want qemu-system-x86_64 >= 10.0 running" \
+		"on this system, found '$(qemu_version "$qemu10/usr/bin/qemu-system-x86_64" ||
+		true)' ($("$qemu10/usr/bin/qemu-system-x86_64" --version 2>&1 | head -n1 || true))"
+fi
+log "QEMU $(qemu_version "$qemu10/usr/bin/qemu-system-x86_64") for L2 VMs at $qemu10"

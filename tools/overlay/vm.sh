@@ -18,7 +18,7 @@
 # device, an ivshmem-doorbell served by tools/overlay/ivshmem-server.c, which the driver
 # must decline; default 0), VM_TIMEOUT (default 1200 s),
 # VM_MEM (default 1G), TAP_OUT (default $BUILD/PLAN.tap), VM_QUIET=1 prints
-# only the summary, VM_KERNEL (default $OBJ/arch/x86/boot/bzImage) and VM_INITRD
+# only the summary, VM_SMP (vCPUs, default 2), VM_KERNEL (default $OBJ/arch/x86/boot/bzImage) and VM_INITRD
 # (default $BUILD/initramfs.cpio.gz) boot another kernel or initramfs, e.g. a saved one.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -47,7 +47,7 @@ if [ "${VM_KVM:-0}" = 1 ] && [ -w /dev/kvm ]; then
 	cpu=host
 fi
 
-qemu=(qemu-system-x86_64 -machine q35 -accel "$accel" -cpu "$cpu" -smp 2 -m "$VM_MEM"
+qemu=(qemu-system-x86_64 -machine q35 -accel "$accel" -cpu "$cpu" -smp "${VM_SMP:-2}" -m "$VM_MEM"
 	-nodefaults -no-reboot -display none -monitor none
 	-device intel-iommu,intremap=on
 	-kernel "$kernel" -initrd "$initrd"
