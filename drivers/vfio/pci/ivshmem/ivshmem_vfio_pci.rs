@@ -225,6 +225,35 @@ fn push_mem(
     ret
 }
 
+/// Appends one page record for each of the `n` written pages from `first` on, which are marked.
+///
+/// The run is unmarked and unmapped once (one TLB shootdown, not one per page); the pages whose
+/// record cannot be queued are marked again.
+fn push_pages(
+    dev: &Device<IvshmemVfioPci, Open>,
+    save: &Save,
+    first: usize,
+    n: usize,
+    out: &mut RecordSink<'_>,
+) -> Result {
+    let off = u64::try_from(first)? * PAGE;
+    let len = u64::try_from(n)? * PAGE;
+    save.dirty.take(first, n);
+    let mut queued = 0;
+    let ret = dev.zap_bar(SHMEM_BAR, off, len).and_then(|()| {
+        let bar = dev.bar(SHMEM_BAR)?;
+        while queued < len {
+            out.push_bar(REC_MEM, &bar, usize::try_from(off + queued)?, PAGE as usize)?;
+            queued += PAGE;
+        }
+        Ok(())
+    });
+    if ret.is_err() {
+        save.dirty.mark(off + queued, len - queued);
+    }
+    ret
+}
+
 /// Appends records of pages written since they were sent; returns `false` if there were none.
 fn push_dirty(
     dev: &Device<IvshmemVfioPci, Open>,
@@ -240,9 +269,14 @@ fn push_dirty(
         else {
             break;
         };
-        push_mem(dev, save, page as u64 * PAGE, PAGE as usize, out)?;
-        save.scan = page + 1;
-        produced += 1;
+        // The run of marked pages from `page` on, within this call's budget.
+        let mut n = 1;
+        while produced + n < PAGES_PER_CALL && save.dirty.next_marked(page + n) == Some(page + n) {
+            n += 1;
+        }
+        push_pages(dev, save, page, n, out)?;
+        save.scan = page + n;
+        produced += n;
     }
     Ok(produced > 0)
 }
