@@ -672,14 +672,12 @@ impl<T: Driver> TrackOps<T> {
     unsafe fn tracked_fault(dev: &Device<T>, vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
         let sigbus = bindings::vm_fault_reason_VM_FAULT_SIGBUS;
         // SAFETY: `vmf` is valid for the duration of the call.
-        let (vma, pgoff, address) = unsafe {
+        let (vma, address) = unsafe {
             let f = &(*vmf).__bindgen_anon_1;
-            (f.vma, f.pgoff as u64, f.address)
+            (f.vma, f.address)
         };
-        let shift = bindings::VFIO_PCI_OFFSET_SHIFT - bindings::PAGE_SHIFT;
-        // CAST: The region index is below 2^24.
-        let bar = (pgoff >> shift) as u32;
-        let page = pgoff & ((1 << shift) - 1);
+        // SAFETY: As above.
+        let (bar, page) = unsafe { Self::bar_page(vmf) };
         let Ok(start) = dev.pci_dev().resource_start(bar) else {
             return sigbus;
         };
